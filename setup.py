@@ -1,0 +1,4 @@
+"""Packaging for dnsgo; the metadata lives in setup.cfg."""
+from setuptools import setup
+
+setup()

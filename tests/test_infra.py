@@ -1,0 +1,284 @@
+"""
+Tests for L{dnsgo.cache.infra}: the L3 infrastructure cache.
+"""
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from dnsgo.cache.infra import (
+    DEGRADED,
+    DOWN,
+    HEALTHY,
+    INITIAL_SRTT,
+    InfraCache,
+    UpstreamStatus,
+    format_address,
+)
+
+A = ("192.0.2.1", 53)
+B = ("192.0.2.2", 53)
+C = ("192.0.2.3", 5353)
+
+
+def make(servers=(A, B), **kwargs):
+    """An InfraCache over C{servers} driven by a fresh Clock."""
+    clock = Clock()
+    return InfraCache(list(servers), clock, **kwargs), clock
+
+
+def fail(infra, server, times=1):
+    """Report C{times} failed attempts to C{server}."""
+    for _ in range(times):
+        infra.started(server)
+        infra.failed(server)
+
+
+def succeed(infra, server, rtt=0.01):
+    """Report one successful attempt to C{server}."""
+    infra.started(server)
+    infra.succeeded(server, rtt)
+
+
+class SmoothedRTTTests(SynchronousTestCase):
+    """srtt is an EWMA with weight 1/8 starting at INITIAL_SRTT."""
+
+    def test_initial(self):
+        """An unmeasured server reports the documented initial srtt."""
+        infra, _ = make()
+        self.assertEqual(infra.snapshot()[0].srtt_ms, INITIAL_SRTT * 1000)
+        self.assertEqual(INITIAL_SRTT, 0.376)
+
+    def test_ewma(self):
+        """Each sample moves srtt one eighth of the way to the sample."""
+        infra, _ = make()
+        succeed(infra, A, 0.1)
+        expected = 0.376 * 7 / 8 + 0.1 / 8
+        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
+        succeed(infra, A, 0.02)
+        expected = expected * 7 / 8 + 0.02 / 8
+        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
+
+    def test_failure_penalty(self):
+        """A failure feeds a failure_rtt sample into srtt."""
+        infra, _ = make(failure_rtt=2.0)
+        fail(infra, A)
+        expected = 0.376 * 7 / 8 + 2.0 / 8
+        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
+
+
+class OrderTests(SynchronousTestCase):
+    """order() and best() rank servers."""
+
+    def test_configured_order_when_equal(self):
+        """Servers with equal srtt keep their configured order."""
+        infra, _ = make((A, B, C))
+        self.assertEqual(infra.order(), [A, B, C])
+
+    def test_by_srtt(self):
+        """The server with the lowest srtt comes first."""
+        infra, _ = make((A, B, C))
+        succeed(infra, C, 0.001)
+        succeed(infra, B, 0.2)
+        self.assertEqual(infra.order(), [C, B, A])
+        self.assertEqual(infra.best(2), [C, B])
+
+    def test_failing_server_sinks(self):
+        """Failures push a server behind one that answers."""
+        infra, _ = make((A, B))
+        fail(infra, A)
+        self.assertEqual(infra.order(), [B, A])
+
+    def test_duplicates_removed(self):
+        """A server listed twice is one server."""
+        infra, _ = make((A, B, A))
+        self.assertEqual(infra.servers, [A, B])
+        self.assertEqual(infra.order(), [A, B])
+
+    def test_empty_rejected(self):
+        """An InfraCache without servers is a configuration error."""
+        self.assertRaises(ValueError, InfraCache, [], Clock())
+
+
+class HealthTests(SynchronousTestCase):
+    """healthy -> degraded -> down transitions."""
+
+    def test_healthy_initially(self):
+        """A new server is healthy."""
+        infra, _ = make()
+        self.assertEqual(infra.health(A), HEALTHY)
+
+    def test_degraded_after_one_failure(self):
+        """One consecutive failure degrades a server; a success heals it."""
+        infra, _ = make()
+        fail(infra, A)
+        self.assertEqual(infra.health(A), DEGRADED)
+        succeed(infra, A)
+        self.assertEqual(infra.health(A), HEALTHY)
+
+    def test_degraded_by_success_rate(self):
+        """Alternating failures and successes drive the success rate under the threshold."""
+        infra, _ = make(degraded_below=0.7, down_after=100)
+        for _ in range(20):
+            fail(infra, A)
+            succeed(infra, A)
+        status = infra.snapshot()[0]
+        self.assertEqual(status.consecutive_failures, 0)
+        self.assertLess(status.success_rate, 0.7)
+        self.assertEqual(status.health, DEGRADED)
+
+    def test_success_rate_ewma(self):
+        """The success rate is an EWMA of outcomes with weight 1/8."""
+        infra, _ = make()
+        fail(infra, A)
+        self.assertAlmostEqual(infra.snapshot()[0].success_rate, 7 / 8)
+        succeed(infra, A)
+        self.assertAlmostEqual(infra.snapshot()[0].success_rate, 7 / 8 * 7 / 8 + 1 / 8)
+
+    def test_down_after_consecutive_failures(self):
+        """down_after consecutive failures mark a server down and drop it from order()."""
+        infra, _ = make(down_after=3)
+        fail(infra, A, 2)
+        self.assertEqual(infra.health(A), DEGRADED)
+        self.assertIn(A, infra.order())
+        fail(infra, A)
+        self.assertEqual(infra.health(A), DOWN)
+        self.assertEqual(infra.order(), [B])
+
+    def test_success_resets_consecutive(self):
+        """A success in between resets the consecutive failure count."""
+        infra, _ = make(down_after=3)
+        fail(infra, A, 2)
+        succeed(infra, A)
+        fail(infra, A, 2)
+        self.assertNotEqual(infra.health(A), DOWN)
+
+
+class ProbeTests(SynchronousTestCase):
+    """A down server is probed with a doubling back-off."""
+
+    def test_probe_due_goes_first(self):
+        """When its probe is due, a down server is put first so it gets a query."""
+        infra, clock = make(down_after=1, probe_backoff_min=1.0)
+        fail(infra, A)
+        self.assertEqual(infra.order(), [B])
+        clock.advance(0.99)
+        self.assertEqual(infra.order(), [B])
+        clock.advance(0.01)
+        self.assertEqual(infra.order(), [A, B])
+
+    def test_one_probe_at_a_time(self):
+        """Once the probe has started the server leaves the order until its outcome."""
+        infra, clock = make(down_after=1)
+        fail(infra, A)
+        clock.advance(1)
+        infra.started(A)
+        self.assertEqual(infra.order(), [B])
+        self.assertEqual(infra.snapshot()[0].in_flight, 1)
+
+    def test_abandoned_probe_stays_due(self):
+        """An abandoned probe leaves the probe due."""
+        infra, clock = make(down_after=1)
+        fail(infra, A)
+        clock.advance(1)
+        infra.started(A)
+        infra.abandoned(A)
+        self.assertEqual(infra.order(), [A, B])
+        self.assertEqual(infra.snapshot()[0].in_flight, 0)
+
+    def test_backoff_doubles_and_caps(self):
+        """Each failed probe doubles the back-off up to probe_backoff_max."""
+        infra, clock = make(down_after=1, probe_backoff_min=1.0, probe_backoff_max=5.0)
+        fail(infra, A)
+        self.assertEqual(infra.snapshot()[0].next_probe, 1.0)
+        delays = []
+        for _ in range(4):
+            clock.advance(infra.snapshot()[0].next_probe - clock.seconds())
+            self.assertEqual(infra.order()[0], A)
+            fail(infra, A)
+            delays.append(infra.snapshot()[0].next_probe - clock.seconds())
+        self.assertEqual(delays, [2.0, 4.0, 5.0, 5.0])
+
+    def test_non_probe_failure_keeps_schedule(self):
+        """A failure of a query that was not the probe does not push the probe back."""
+        infra, clock = make(down_after=1)
+        infra.started(A)
+        infra.started(A)
+        infra.failed(A)
+        self.assertEqual(infra.snapshot()[0].next_probe, 1.0)
+        clock.advance(0.5)
+        infra.failed(A)
+        self.assertEqual(infra.snapshot()[0].next_probe, 1.0)
+
+    def test_success_resets(self):
+        """A successful probe makes the server healthy and resets the back-off."""
+        infra, clock = make(down_after=1, probe_backoff_min=1.0)
+        fail(infra, A)
+        clock.advance(1)
+        fail(infra, A)
+        clock.advance(2)
+        succeed(infra, A, 0.001)
+        status = infra.snapshot()[0]
+        self.assertEqual((status.health, status.next_probe, status.consecutive_failures), (HEALTHY, None, 0))
+        fail(infra, A)
+        self.assertEqual(infra.snapshot()[0].next_probe, clock.seconds() + 1.0)
+
+
+class AllDownTests(SynchronousTestCase):
+    """When every server is down, all are still offered."""
+
+    def test_all_down_soonest_probe_first(self):
+        """All servers are returned, ordered by their next probe."""
+        infra, clock = make((A, B, C), down_after=1)
+        fail(infra, B)
+        clock.advance(0.5)
+        fail(infra, C)
+        clock.advance(0.2)
+        fail(infra, A)
+        self.assertEqual(infra.order(), [B, C, A])
+        self.assertEqual(infra.best(1), [B])
+
+    def test_all_down_includes_probing(self):
+        """Even a server whose probe is in flight is offered when all are down."""
+        infra, clock = make((A,), down_after=1)
+        fail(infra, A)
+        clock.advance(1)
+        infra.started(A)
+        self.assertEqual(infra.order(), [A])
+
+
+class SnapshotTests(SynchronousTestCase):
+    """snapshot() reports every field for the management API."""
+
+    def test_values(self):
+        """The snapshot carries the counters, times and health."""
+        infra, clock = make((A, ("2001:db8::1", 53)), down_after=2)
+        clock.advance(10)
+        succeed(infra, A, 0.1)
+        infra.started(A)
+        fail(infra, ("2001:db8::1", 53), 2)
+        first, second = infra.snapshot()
+        self.assertEqual(
+            first,
+            UpstreamStatus(
+                address="192.0.2.1:53",
+                srtt_ms=first.srtt_ms,
+                in_flight=1,
+                consecutive_failures=0,
+                success_rate=1.0,
+                last_response=10.0,
+                health=HEALTHY,
+                next_probe=None,
+                queries=2,
+                failures=0,
+            ),
+        )
+        self.assertAlmostEqual(first.srtt_ms, (0.376 * 7 / 8 + 0.1 / 8) * 1000)
+        self.assertEqual(second.address, "[2001:db8::1]:53")
+        self.assertEqual(
+            (second.health, second.next_probe, second.queries, second.failures, second.last_response),
+            (DOWN, 11.0, 2, 2, None),
+        )
+
+    def test_format_address(self):
+        """IPv6 addresses are bracketed."""
+        self.assertEqual(format_address(("::1", 53)), "[::1]:53")
+        self.assertEqual(format_address(("127.0.0.1", 5300)), "127.0.0.1:5300")

@@ -1,0 +1,70 @@
+"""
+The question a resolver in the chain is asked, with the flags that matter.
+
+Twisted's ``IResolver.query`` takes a ``dns.Query``, which carries no flags.
+A forwarder must still know the client's DO and CD bits (they are part of
+the cache key, RFC 7873 / RFC 4035), so :class:`FlaggedQuery` extends
+``dns.Query`` with them, and :class:`dnsgo.resolve.Chain` passes the very same
+object down the chain instead of rebuilding a plain one.
+"""
+from twisted.names import dns
+
+
+class FlaggedQuery(dns.Query):
+    """
+    A ``dns.Query`` that also carries the client's DO and CD bits and the
+    question name in wire format (case as sent).
+
+    Resolvers that do not know about the extra attributes see an ordinary
+    ``dns.Query``.
+    """
+
+    __slots__ = ("dnssec_ok", "checking_disabled", "qname_wire")
+
+    def __init__(
+        self,
+        qname_wire: bytes,
+        type: int = dns.A,
+        cls: int = dns.IN,
+        *,
+        dnssec_ok: bool = False,
+        checking_disabled: bool = False,
+    ) -> None:
+        super().__init__(wire_to_dotted(qname_wire), type, cls)
+        self.qname_wire = qname_wire
+        self.dnssec_ok = dnssec_ok
+        self.checking_disabled = checking_disabled
+
+    @classmethod
+    def from_name(cls, name: bytes | str, type: int = dns.A, qclass: int = dns.IN, **flags) -> "FlaggedQuery":
+        """Build a query from a dotted name (as twisted.names lookups use)."""
+        if isinstance(name, str):
+            name = name.encode("idna") if name else b""
+        return cls(dotted_to_wire(name), type, qclass, **flags)
+
+
+def wire_to_dotted(qname: bytes) -> bytes:
+    """
+    Turn an uncompressed wire-format name into the dotted bytes twisted.names
+    uses (``b'www.example.com'``; the root is ``b''``).
+    """
+    labels = []
+    i = 0
+    length = qname[0] if qname else 0
+    while length:
+        labels.append(qname[i + 1 : i + 1 + length])
+        i += 1 + length
+        length = qname[i]
+    return b".".join(labels)
+
+
+def dotted_to_wire(name: bytes) -> bytes:
+    """Turn dotted bytes (``b'www.example.com.'`` or without the dot) into wire format."""
+    out = bytearray()
+    for label in name.rstrip(b".").split(b".") if name.strip(b".") else []:
+        if not 0 < len(label) < 64:
+            raise ValueError(f"bad label in {name!r}")
+        out.append(len(label))
+        out += label
+    out.append(0)
+    return bytes(out)

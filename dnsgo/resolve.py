@@ -1,0 +1,108 @@
+"""
+The resolution chain: Twisted Names ``IResolver`` implementations that the
+miss path asks in turn (the L2 cache, then the forwarder).
+
+Two departures from stock Twisted Names, both deliberate:
+
+* :class:`Chain` hands every resolver the caller's own query object (a
+  :class:`~dnsgo.query.FlaggedQuery` carrying DO and CD), where
+  ``ResolverChain`` rebuilds a bare ``dns.Query``.
+* A final answer that is not NOERROR (NXDOMAIN, REFUSED, SERVFAIL from
+  upstream, ...) is reported as :class:`FinalAnswer`, an
+  ``AuthoritativeDomainError`` that stops the chain and keeps the rcode and
+  all three sections, so NXDOMAIN is answered with the upstream's SOA and
+  REFUSED stays REFUSED.
+"""
+from twisted.internet import defer
+from twisted.names import common, dns, error, resolve
+from zope.interface import implementer
+from twisted.internet.interfaces import IResolver
+
+from dnsgo.query import FlaggedQuery
+
+
+class FinalAnswer(error.AuthoritativeDomainError):
+    """
+    A complete answer whose rcode is not NOERROR.
+
+    It stops a :class:`Chain` (``AuthoritativeDomainError`` is not a
+    ``DomainError``) and carries what the reply needs.
+    """
+
+    def __init__(self, rcode: int, answers=(), authority=(), additional=()):
+        super().__init__(rcode)
+        self.rcode = rcode
+        self.answers = list(answers)
+        self.authority = list(authority)
+        self.additional = list(additional)
+
+    def __repr__(self) -> str:
+        return f"<FinalAnswer rcode={self.rcode} an={len(self.answers)} ns={len(self.authority)}>"
+
+
+class Chain(resolve.ResolverChain):
+    """
+    A ``ResolverChain`` that passes the caller's query object, flags and all,
+    to each resolver.  A resolver hands over to the next one by failing with
+    ``DomainError``, ``TimeoutError`` or ``NotImplementedError``, exactly as
+    in Twisted Names.
+    """
+
+    def query(self, query, timeout=None):
+        """Ask each resolver in turn until one answers or fails finally."""
+        if not self.resolvers:
+            return defer.fail(error.DomainError())
+        d = defer.maybeDeferred(self.resolvers[0].query, query, timeout)
+        for r in self.resolvers[1:]:
+            d.addErrback(resolve.FailureHandler(r.query, query, timeout))
+        return d
+
+
+def message_to_result(message: dns.Message):
+    """
+    Turn an upstream reply into an ``IResolver`` result: the three sections
+    for NOERROR, or a :class:`FinalAnswer` failure otherwise.  The OPT
+    pseudo-record is hop-by-hop and is dropped.
+    """
+    additional = [rr for rr in message.additional if rr.type != dns.OPT]
+    if message.rCode == dns.OK:
+        return (list(message.answers), list(message.authority), additional)
+    raise FinalAnswer(message.rCode, message.answers, message.authority, additional)
+
+
+@implementer(IResolver)
+class ForwardingResolver(common.ResolverBase):
+    """
+    The last resolver of the chain: forwards the question to the upstream
+    pool, which picks servers by the L3 infrastructure cache.
+
+    ``on_reply(query, message)`` is called with every upstream reply (the
+    L2 cache fills itself from it); the message is shared and read-only.
+    """
+
+    def __init__(self, pool, on_reply=None) -> None:
+        common.ResolverBase.__init__(self)
+        self._pool = pool
+        self._on_reply = on_reply
+
+    def query(self, query, timeout=None):
+        """Forward ``query`` (a ``FlaggedQuery`` or plain ``dns.Query``)."""
+        if not isinstance(query, FlaggedQuery):
+            query = FlaggedQuery.from_name(query.name.name, query.type, query.cls)
+        d = self._pool.query(
+            query.qname_wire,
+            query.type,
+            query.cls,
+            do=query.dnssec_ok,
+            cd=query.checking_disabled,
+        )
+        d.addCallback(self._answered, query)
+        return d
+
+    def _answered(self, reply, query):
+        if self._on_reply is not None:
+            self._on_reply(query, reply.message)
+        return message_to_result(reply.message)
+
+    def _lookup(self, name, cls, type, timeout):
+        return self.query(FlaggedQuery.from_name(name, type, cls), timeout)

@@ -39,7 +39,31 @@ class Options(usage.Options):
             sys.exit(0)
 
 
-def build_service(config, reactor=None) -> service.MultiService:
+class ServerRoot(service.MultiService):
+    """
+    The root of a running dnsgo: its child services plus the parts the
+    management API and tests look at (``infra``, ``pool``, ``handler``).
+
+    Attached to a twistd application, it installs the ``logging`` section's
+    observer there, which twistd then uses.
+    """
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.infra = self.pool = self.handler = None
+
+    def setServiceParent(self, parent):
+        from twisted.logger import ILogObserver
+
+        from dnsgo.logs import make_observer
+
+        if hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        return super().setServiceParent(parent)
+
+
+def build_service(config, reactor=None) -> ServerRoot:
     """The whole server for ``config``: DNS listeners over the resolver chain."""
     from dnsgo.acl import ClientFilter
     from dnsgo.cache.infra import InfraCache
@@ -48,7 +72,7 @@ def build_service(config, reactor=None) -> service.MultiService:
     from dnsgo.server import DNSService
     from dnsgo.upstream import UpstreamPool
 
-    root = service.MultiService()
+    root = ServerRoot(config)
     servers = [(a.host, a.port) for a in config.upstreams]
     infra = InfraCache(servers, reactor=reactor)
     up = config.upstream
@@ -87,6 +111,6 @@ def build_service(config, reactor=None) -> service.MultiService:
     return root
 
 
-def makeService(options: Options) -> service.MultiService:
+def makeService(options: Options) -> ServerRoot:
     """twistd's entry point."""
     return build_service(options.config)

@@ -1,0 +1,44 @@
+"""
+The log observer twistd uses for dnsgo: ``logging.level``, ``logging.format``
+(text or one JSON object per line), and without the two lines Twisted writes
+for every UDP socket the upstream pool opens and closes.
+"""
+import re
+import sys
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    PredicateResult,
+    formatEvent,
+    jsonFileLogObserver,
+    textFileLogObserver,
+)
+
+_SOCKET_NOISE = re.compile(r"^(?:\S+ starting on \d+|\(UDP Port \d+ Closed\))$")
+
+
+def drop_socket_noise(event) -> PredicateResult:
+    """Filter predicate: drop Twisted's per-socket "starting on N" / "Port N Closed" lines."""
+    if event.get("log_level") in (None, LogLevel.info) and "log_failure" not in event:
+        try:
+            text = formatEvent(event)
+        except Exception:
+            return PredicateResult.maybe
+        if _SOCKET_NOISE.match(text):
+            return PredicateResult.no
+    return PredicateResult.maybe
+
+
+def make_observer(logging_config, out=None) -> ILogObserver:
+    """An observer writing to ``out`` (stdout) per the ``logging`` section."""
+    if out is None:
+        out = sys.stdout
+    if logging_config.format == "json":
+        base = jsonFileLogObserver(out)
+    else:
+        base = textFileLogObserver(out)
+    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(logging_config.level))
+    return FilteringLogObserver(base, [levels, drop_socket_noise])

@@ -1,0 +1,183 @@
+"""
+Unit tests of the query handler and the TCP protocol: failures inside the
+chain, client limits, idle timeouts and the connection cap.
+"""
+import struct
+
+import dns.message
+import dns.rcode
+from twisted.internet import defer, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
+from twisted.names import dns as tdns, error
+from twisted.trial import unittest
+
+from dnsgo import wire
+from dnsgo.acl import ClientFilter
+from dnsgo.handler import QueryHandler
+from dnsgo.resolve import Chain, FinalAnswer
+from dnsgo.server import DNSStreamFactory
+
+
+class _Resolver:
+    """A resolver whose answer the test decides."""
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.asked = []
+
+    def query(self, query, timeout=None):
+        self.asked.append(query)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        if callable(self.outcome):
+            return self.outcome(query)
+        return defer.succeed(self.outcome)
+
+
+def handler_for(resolver, allow=("127.0.0.0/8",)):
+    return QueryHandler(Chain([resolver]), ClientFilter(allow), reactor=task.Clock())
+
+
+def query_bytes(name="www.example.test", qtype="A", **kw) -> bytes:
+    return dns.message.make_query(name, qtype, **kw).to_wire()
+
+
+def rcode_of(reply: bytes) -> int:
+    return dns.message.from_wire(reply).rcode()
+
+
+class HandlerTests(unittest.TestCase):
+    """QueryHandler.handle on bytes."""
+
+    def result(self, d):
+        return self.successResultOf(d) if isinstance(d, defer.Deferred) else d
+
+    def test_exception_gives_servfail_and_log(self):
+        """A resolver raising an unexpected exception gives that query SERVFAIL and logs it."""
+        h = handler_for(_Resolver(RuntimeError("boom")))
+        reply = self.result(h.handle(query_bytes(), "127.0.0.1"))
+        self.assertEqual(rcode_of(reply), dns.rcode.SERVFAIL)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_timeout_gives_servfail(self):
+        """A chain that times out gives SERVFAIL."""
+        h = handler_for(_Resolver(lambda q: defer.fail(defer.TimeoutError())))
+        self.assertEqual(rcode_of(self.result(h.handle(query_bytes(), "127.0.0.1"))), dns.rcode.SERVFAIL)
+
+    def test_final_answer_rcode_kept(self):
+        """A FinalAnswer's rcode and authority reach the client."""
+        soa = tdns.RRHeader(b"example.test", tdns.SOA, ttl=60, payload=tdns.Record_SOA(b"ns1.example.test", minimum=30))
+        h = handler_for(_Resolver(lambda q: defer.fail(FinalAnswer(tdns.ENAME, authority=[soa]))))
+        r = dns.message.from_wire(self.result(h.handle(query_bytes(), "127.0.0.1")))
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(r.authority[0].ttl, 60)
+
+    def test_domain_error_from_last_resolver_is_servfail(self):
+        """A chain whose every resolver misses gives SERVFAIL, not a crash."""
+        h = handler_for(_Resolver(lambda q: defer.fail(error.DomainError())))
+        self.assertEqual(rcode_of(self.result(h.handle(query_bytes(), "127.0.0.1"))), dns.rcode.SERVFAIL)
+        self.flushLoggedErrors(error.DomainError)
+
+    def test_flags_reach_resolver(self):
+        """The resolver sees the client's DO and CD bits on the query object."""
+        r = _Resolver(([], [], []))
+        h = handler_for(r)
+        q = dns.message.make_query("www.example.test", "A", want_dnssec=True)
+        q.flags |= dns.flags.CD
+        self.result(h.handle(q.to_wire(), "127.0.0.1"))
+        self.assertTrue(r.asked[0].dnssec_ok)
+        self.assertTrue(r.asked[0].checking_disabled)
+
+    def test_refused_not_resolved(self):
+        """A client outside the allow-list is refused without asking the chain."""
+        r = _Resolver(([], [], []))
+        h = handler_for(r, allow=("10.0.0.0/8",))
+        self.assertEqual(rcode_of(h.handle(query_bytes(), "127.0.0.1")), dns.rcode.REFUSED)
+        self.assertEqual(r.asked, [])
+
+    def test_ipv4_mapped_client(self):
+        """An IPv4-mapped IPv6 client address is judged as IPv4."""
+        self.assertTrue(ClientFilter(["127.0.0.0/8"]).allowed("::ffff:127.0.0.1"))
+        self.assertFalse(ClientFilter(["127.0.0.0/8"]).allowed("::ffff:10.0.0.1"))
+
+    def test_udp_limit_uses_smaller_of_client_and_server(self):
+        """A 4096-byte EDNS client still gets replies truncated at the server's 1232."""
+        big = tdns.RRHeader(b"www.example.test", tdns.TXT, payload=tdns.Record_TXT(b"x" * 250, b"y" * 250))
+        h = handler_for(_Resolver(([big] * 4, [], [])))
+        reply = self.result(h.handle(query_bytes(use_edns=0, payload=4096), "127.0.0.1"))
+        m = dns.message.from_wire(reply)
+        self.assertTrue(m.flags & dns.flags.TC)
+        self.assertLessEqual(len(reply), 1232)
+        tcp = self.result(h.handle(query_bytes(use_edns=0, payload=4096), "127.0.0.1", tcp=True))
+        self.assertFalse(dns.message.from_wire(tcp).flags & dns.flags.TC)
+
+
+class StreamTests(unittest.TestCase):
+    """The TCP protocol with a fake transport and a Clock."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.pending = defer.Deferred()
+        self.factory = DNSStreamFactory(
+            handler_for(_Resolver(lambda q: self.pending)), idle_timeout=10, max_connections=2, reactor=self.clock
+        )
+
+    def connect(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_idle_timeout(self):
+        """A connection with nothing received is closed after the idle timeout."""
+        proto, transport = self.connect()
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_activity_resets_timeout(self):
+        """A query received resets the idle timer."""
+        proto, transport = self.connect()
+        self.clock.advance(8)
+        q = query_bytes()
+        proto.dataReceived(struct.pack("!H", len(q)) + q)
+        self.clock.advance(8)
+        self.assertFalse(transport.disconnecting)
+
+    def test_out_of_order_replies(self):
+        """A fast reply is written before an earlier slow one (RFC 7766 §6.2.1.1)."""
+        slow = defer.Deferred()
+        answers = {b"slow": slow}
+
+        def outcome(q):
+            return answers.get(q.name.name.split(b".")[0], defer.succeed(([], [], [])))
+
+        self.factory.handler = handler_for(_Resolver(outcome))
+        proto, transport = self.connect()
+        q1 = dns.message.make_query("slow.example.test", "A")
+        q1.id = 1
+        q2 = dns.message.make_query("fast.example.test", "A")
+        q2.id = 2
+        data = b"".join(struct.pack("!H", len(w)) + w for w in (q1.to_wire(), q2.to_wire()))
+        proto.dataReceived(data)
+        first = transport.value()
+        self.assertEqual(struct.unpack("!H", first[2:4])[0], 2)
+        slow.callback(([], [], []))
+        rest = transport.value()[len(first) :]
+        self.assertEqual(struct.unpack("!H", rest[2:4])[0], 1)
+
+    def test_connection_cap(self):
+        """Connections past max_connections are aborted at once."""
+        self.connect()
+        self.connect()
+        proto, transport = self.connect()
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(self.factory.connections), 2)
+
+    def test_unparseable_closes(self):
+        """A message too short to answer closes the connection."""
+        proto, transport = self.connect()
+        proto.dataReceived(struct.pack("!H", 3) + b"abc")
+        self.assertTrue(transport.disconnecting)

@@ -16,13 +16,13 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
-from hypothesis import assume, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
 from dnsgo import wire
 
-PROPERTY = settings(max_examples=200, deadline=None)
+PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 WWW = b"\x03www\x07example\x03com\x00"
 

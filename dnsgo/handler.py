@@ -1,14 +1,19 @@
 """
 One query in, one reply out: the part shared by the UDP and TCP listeners.
 
-The hot path works on bytes (:mod:`dnsgo.wire`).  Only a cache miss builds
-twisted.names objects, asks the resolver chain and encodes a reply.
+The hot path works on bytes (:mod:`dnsgo.wire`) and the L1 message cache.
+Only a miss builds twisted.names objects, asks the resolver chain, encodes
+a reply and writes it to L1.  Serve-stale (RFC 8767) and prefetch hang off
+the miss path too.
 """
+from collections import Counter
+
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
 from dnsgo import wire
+from dnsgo.negative import normalize_negative
 from dnsgo.query import FlaggedQuery
 from dnsgo.resolve import FinalAnswer
 from dnsgo.response import encode_reply
@@ -18,14 +23,22 @@ _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
 
 TCP_LIMIT = 65535
 
+#: RFC 8914 Extended DNS Error 3, "Stale Answer".
+EDE_STALE = (3, "")
+
 
 class QueryHandler:
     """
     Answers one DNS query given as bytes.
 
-    ``handle`` returns the reply bytes at once (errors, cache hits), a
-    Deferred firing with them (the miss path), or None to drop the packet.
-    Truncation and the OPT record are applied per client on every path.
+    ``handle`` returns the reply bytes at once (errors, L1 hits), a Deferred
+    firing with them (the miss path), or None to drop the packet.  Truncation
+    and the OPT record are applied per client on every path.
+
+    ``refresher`` is the resolver a prefetch asks (the forwarder: the L2
+    cache would hand back the same ageing data).  ``serve_stale`` is the
+    config section of that name, or None.  ``counters`` counts prefetches,
+    stale answers and miss-path outcomes.
     """
 
     log = Logger()
@@ -37,7 +50,9 @@ class QueryHandler:
         *,
         edns_udp_size: int = 1232,
         message_cache=None,
-        metrics=None,
+        refresher=None,
+        serve_stale=None,
+        negative_ttl: int = 3600,
         query_log: bool = False,
         reactor=None,
     ) -> None:
@@ -48,8 +63,11 @@ class QueryHandler:
         self._filter = client_filter
         self._edns_udp_size = edns_udp_size
         self._cache = message_cache
-        self._metrics = metrics
+        self._refresher = refresher
+        self._stale = serve_stale if serve_stale is not None and serve_stale.enabled else None
+        self._negative_ttl = negative_ttl
         self._query_log = query_log
+        self.counters: Counter = Counter()
 
     def handle(self, data: bytes, client: str, tcp: bool = False):
         """Answer ``data`` from ``client`` (an IP string)."""
@@ -68,38 +86,79 @@ class QueryHandler:
         if q.qtype in _REFUSED_TYPES:
             return wire.error_reply(q, wire.REFUSED)
         if self._query_log:
-            self.log.info(
-                "query {client} {name} {qtype} {proto}",
-                client=client,
-                name=wire.name_to_text(q.qname),
-                qtype=dns.QUERY_TYPES.get(q.qtype, q.qtype),
-                proto="tcp" if tcp else "udp",
-            )
+            self._log_query(q, client, tcp)
         cache = self._cache
         if cache is not None:
             hit = cache.lookup(q)
             if hit is not None:
                 return self._finish(hit, q, tcp)
-        d = self._resolve(q)
-        d.addCallback(self._finish, q, tcp)
+        return self._miss(q, tcp)
+
+    def _miss(self, q: wire.QueryInfo, tcp: bool) -> defer.Deferred:
+        resolved = self._resolve(q, self._resolver)
+        resolved.addCallback(self._remember, q)
+        if self._stale is None:
+            resolved.addCallback(lambda outcome: self._finish(outcome[0], q, tcp))
+            return resolved
+        return self._race_stale(resolved, q, tcp)
+
+    def _race_stale(self, resolved: defer.Deferred, q, tcp: bool) -> defer.Deferred:
+        """
+        RFC 8767: answer from stale data when resolution fails, or when it
+        takes longer than ``client_timeout`` (resolution then goes on and
+        refreshes the cache).
+        """
+        out = defer.Deferred()
+
+        def stale_or(body):
+            stale = self._cache.lookup_stale(q, self._stale.answer_ttl)
+            if stale is None:
+                return body
+            self.counters["stale"] += 1
+            return self._finish(stale, q, tcp, ede=EDE_STALE)
+
+        def on_timer():
+            stale = stale_or(None)
+            if stale is not None and not out.called:
+                out.callback(stale)
+
+        timer = self._reactor.callLater(self._stale.client_timeout, on_timer)
+
+        def settled(outcome):
+            body, failed = outcome
+            if timer.active():
+                timer.cancel()
+            if out.called:
+                return
+            if failed:
+                reply = stale_or(None)
+                if reply is not None:
+                    out.callback(reply)
+                    return
+            out.callback(self._finish(body, q, tcp))
+
+        resolved.addCallback(settled)
+        resolved.addErrback(lambda f: out.called or out.errback(f))
+        return out
+
+    def _resolve(self, q: wire.QueryInfo, resolver) -> defer.Deferred:
+        """Ask ``resolver``; fires with (reply body without OPT, failed?)."""
+        query = FlaggedQuery(q.qname, q.qtype, q.qclass, dnssec_ok=q.do, checking_disabled=q.cd)
+        d = defer.maybeDeferred(resolver.query, query)
+        d.addCallbacks(self._answered, self._failed, callbackArgs=(q,), errbackArgs=(q,))
         return d
 
-    def _resolve(self, q: wire.QueryInfo) -> defer.Deferred:
-        query = FlaggedQuery(
-            q.qname, q.qtype, q.qclass, dnssec_ok=q.do, checking_disabled=q.cd
-        )
-        d = defer.maybeDeferred(self._resolver.query, query)
-        d.addCallbacks(
-            lambda result: encode_reply(q, dns.OK, *result),
-            self._failed,
-            errbackArgs=(q,),
-        )
-        return d
+    def _answered(self, result, q: wire.QueryInfo):
+        answers, authority, additional = result
+        authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
+        return encode_reply(q, dns.OK, answers, authority, additional), False
 
-    def _failed(self, failure, q: wire.QueryInfo) -> bytes:
+    def _failed(self, failure, q: wire.QueryInfo):
         if failure.check(FinalAnswer):
             f = failure.value
-            return encode_reply(q, f.rcode, f.answers, f.authority, f.additional)
+            authority = normalize_negative(f.rcode, f.answers, f.authority, self._negative_ttl)
+            body = encode_reply(q, f.rcode, f.answers, authority, f.additional)
+            return body, f.rcode == dns.ESERVER
         if not failure.check(defer.TimeoutError):
             self.log.failure(
                 "resolving {name} {qtype} failed",
@@ -107,9 +166,32 @@ class QueryHandler:
                 name=wire.name_to_text(q.qname),
                 qtype=q.qtype,
             )
-        return encode_reply(q, dns.ESERVER, (), (), ())
+        self.counters["servfail"] += 1
+        return encode_reply(q, dns.ESERVER, (), (), ()), True
 
-    def _finish(self, body: bytes, q: wire.QueryInfo, tcp: bool) -> bytes:
+    def _remember(self, outcome, q: wire.QueryInfo):
+        """Write a miss-path reply to L1 (the cache decides what it keeps)."""
+        body, failed = outcome
+        if self._cache is not None and not failed:
+            try:
+                self._cache.store(q, body)
+            except Exception:
+                self.log.failure("L1 store failed; reply served uncached")
+        return outcome
+
+    def prefetch(self, q: wire.QueryInfo) -> defer.Deferred:
+        """
+        Refresh ``q``'s L1 entry (and, through the forwarder's reply hook,
+        L2) in the background.  Never fails.
+        """
+        self.counters["prefetch"] += 1
+        d = self._resolve(q, self._refresher or self._resolver)
+        d.addCallback(self._remember, q)
+        d.addErrback(lambda f: self.log.failure("prefetch failed", f))
+        d.addCallback(lambda _: None)
+        return d
+
+    def _finish(self, body: bytes, q: wire.QueryInfo, tcp: bool, ede=None) -> bytes:
         """Truncate for this client if needed and add its OPT record."""
         if tcp:
             limit = TCP_LIMIT
@@ -117,12 +199,21 @@ class QueryHandler:
             limit = min(q.udp_size, self._edns_udp_size)
         else:
             limit = 512
-        opt_size = 11 if q.edns else 0
+        opt_size = (11 + (4 + 2 + len(ede[1]) if ede else 0)) if q.edns else 0
         if len(body) + opt_size > limit:
             body = wire.truncate(body, 12 + len(q.question))
         if q.edns:
-            body = wire.add_opt(body, self._edns_udp_size, q.do)
+            body = wire.add_opt(body, self._edns_udp_size, q.do, ede=ede)
         return body
+
+    def _log_query(self, q: wire.QueryInfo, client: str, tcp: bool) -> None:
+        self.log.info(
+            "query {client} {name} {qtype} {proto}",
+            client=client,
+            name=wire.name_to_text(q.qname),
+            qtype=dns.QUERY_TYPES.get(q.qtype, q.qtype),
+            proto="tcp" if tcp else "udp",
+        )
 
     def servfail(self, data: bytes) -> bytes | None:
         """A SERVFAIL for ``data`` after an unexpected error, or None to drop."""

@@ -40,6 +40,10 @@ class FinalAnswer(error.AuthoritativeDomainError):
         return f"<FinalAnswer rcode={self.rcode} an={len(self.answers)} ns={len(self.authority)}>"
 
 
+class RecentFailure(defer.TimeoutError):
+    """The question failed upstream moments ago and is not asked again yet."""
+
+
 class Chain(resolve.ResolverChain):
     """
     A ``ResolverChain`` that passes the caller's query object, flags and all,
@@ -78,17 +82,24 @@ class ForwardingResolver(common.ResolverBase):
 
     ``on_reply(query, message)`` is called with every upstream reply (the
     L2 cache fills itself from it); the message is shared and read-only.
+    With ``failures`` (a :class:`~dnsgo.cache.failures.FailureCache`), a
+    question that timed out or got SERVFAIL fails again at once for a few
+    seconds instead of going upstream (RFC 9520).
     """
 
-    def __init__(self, pool, on_reply=None) -> None:
+    def __init__(self, pool, on_reply=None, failures=None) -> None:
         common.ResolverBase.__init__(self)
         self._pool = pool
         self._on_reply = on_reply
+        self._failures = failures
 
     def query(self, query, timeout=None):
         """Forward ``query`` (a ``FlaggedQuery`` or plain ``dns.Query``)."""
         if not isinstance(query, FlaggedQuery):
             query = FlaggedQuery.from_name(query.name.name, query.type, query.cls)
+        key = self._failure_key(query)
+        if key is not None and self._failures.recent(key):
+            return defer.fail(RecentFailure())
         d = self._pool.query(
             query.qname_wire,
             query.type,
@@ -97,12 +108,26 @@ class ForwardingResolver(common.ResolverBase):
             cd=query.checking_disabled,
         )
         d.addCallback(self._answered, query)
+        if key is not None:
+            d.addErrback(self._timed_out, key)
         return d
+
+    def _failure_key(self, query):
+        if self._failures is None:
+            return None
+        return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
 
     def _answered(self, reply, query):
         if self._on_reply is not None:
             self._on_reply(query, reply.message)
+        if reply.message.rCode == dns.ESERVER and self._failures is not None:
+            self._failures.failed(self._failure_key(query))
         return message_to_result(reply.message)
+
+    def _timed_out(self, failure, key):
+        failure.trap(defer.TimeoutError)
+        self._failures.failed(key)
+        return failure
 
     def _lookup(self, name, cls, type, timeout):
         return self.query(FlaggedQuery.from_name(name, type, cls), timeout)

@@ -66,12 +66,12 @@ class HandlerTests(unittest.TestCase):
         self.assertEqual(rcode_of(self.result(h.handle(query_bytes(), "127.0.0.1"))), dns.rcode.SERVFAIL)
 
     def test_final_answer_rcode_kept(self):
-        """A FinalAnswer's rcode and authority reach the client."""
+        """A FinalAnswer's rcode and SOA reach the client, the SOA TTL lowered to its MINIMUM (RFC 2308)."""
         soa = tdns.RRHeader(b"example.test", tdns.SOA, ttl=60, payload=tdns.Record_SOA(b"ns1.example.test", minimum=30))
         h = handler_for(_Resolver(lambda q: defer.fail(FinalAnswer(tdns.ENAME, authority=[soa]))))
         r = dns.message.from_wire(self.result(h.handle(query_bytes(), "127.0.0.1")))
         self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
-        self.assertEqual(r.authority[0].ttl, 60)
+        self.assertEqual(r.authority[0].ttl, 30)
 
     def test_domain_error_from_last_resolver_is_servfail(self):
         """A chain whose every resolver misses gives SERVFAIL, not a crash."""

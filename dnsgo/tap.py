@@ -23,6 +23,8 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", None, "YAML configuration file (default: the embedded default)."],
+        ["worker-index", None, None,
+         "Internal: set by the worker supervisor on the worker processes it starts.", int],
     ]
     optFlags = [
         ["check-config", None, "Validate the configuration, print every problem, and exit (0 valid, 1 invalid)."],
@@ -39,6 +41,46 @@ class Options(usage.Options):
             sys.exit(0)
 
 
+class Caches:
+    """The local caches of one server process: L1 messages and L2 RRsets."""
+
+    def __init__(self, messages, rrsets, negative_ttl: int) -> None:
+        self.messages = messages
+        self.rrsets = rrsets
+        self.negative_ttl = negative_ttl
+
+
+def build_caches(cache_config, on_prefetch=None, reactor=None) -> Caches:
+    """L1 and L2 per the ``cache`` section (negative caching off means a 0 s negative TTL)."""
+    from dnsgo.cache.message import MessageCache
+    from dnsgo.cache.rrset import RRsetCache
+
+    neg = cache_config.negative_cache.ttl if cache_config.negative_cache.enabled else 0
+    mc, rc = cache_config.message_cache, cache_config.rrset_cache
+    pf, stale = cache_config.prefetch, cache_config.serve_stale
+    messages = MessageCache(
+        max_size_mb=mc.max_size_mb,
+        num_shards=mc.num_shards,
+        min_ttl=mc.min_ttl,
+        max_ttl=mc.max_ttl,
+        negative_ttl=neg,
+        max_stale=stale.max_stale if stale.enabled else 0.0,
+        prefetch_hits=pf.threshold_hits if pf.enabled else None,
+        prefetch_ttl_pct=pf.threshold_ttl_pct,
+        on_prefetch=on_prefetch,
+        reactor=reactor,
+    )
+    rrsets = RRsetCache(
+        max_size_mb=rc.max_size_mb,
+        num_shards=rc.num_shards,
+        min_ttl=mc.min_ttl,
+        max_ttl=mc.max_ttl,
+        negative_ttl=neg,
+        reactor=reactor,
+    )
+    return Caches(messages, rrsets, neg)
+
+
 class ServerRoot(service.MultiService):
     """
     The root of a running dnsgo: its child services plus the parts the
@@ -51,7 +93,7 @@ class ServerRoot(service.MultiService):
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
-        self.infra = self.pool = self.handler = None
+        self.infra = self.pool = self.handler = self.caches = None
 
     def setServiceParent(self, parent):
         from twisted.logger import ILogObserver
@@ -63,10 +105,15 @@ class ServerRoot(service.MultiService):
         return super().setServiceParent(parent)
 
 
-def build_service(config, reactor=None) -> ServerRoot:
-    """The whole server for ``config``: DNS listeners over the resolver chain."""
+def build_service(config, reactor=None, reuse_port: bool = False) -> ServerRoot:
+    """
+    The whole server for ``config``: DNS listeners over the resolver chain.
+    ``reuse_port`` lets several worker processes share the listen address.
+    """
     from dnsgo.acl import ClientFilter
+    from dnsgo.cache.failures import FailureCache
     from dnsgo.cache.infra import InfraCache
+    from dnsgo.cache.rrset_resolver import RRsetResolver, fill_from_reply
     from dnsgo.handler import QueryHandler
     from dnsgo.resolve import Chain, ForwardingResolver
     from dnsgo.server import DNSService
@@ -85,11 +132,19 @@ def build_service(config, reactor=None) -> ServerRoot:
         udp_size=config.server.edns_udp_size,
         reactor=reactor,
     )
-    chain = Chain([ForwardingResolver(pool)])
+    caches = build_caches(config.cache, on_prefetch=lambda q: root.handler.prefetch(q), reactor=reactor)
+    forwarder = ForwardingResolver(
+        pool, on_reply=fill_from_reply(caches.rrsets), failures=FailureCache(reactor=reactor)
+    )
+    chain = Chain([RRsetResolver(caches.rrsets), forwarder])
     handler = QueryHandler(
         chain,
         ClientFilter(config.server.allow),
         edns_udp_size=config.server.edns_udp_size,
+        message_cache=caches.messages,
+        refresher=forwarder,
+        serve_stale=config.cache.serve_stale,
+        negative_ttl=caches.negative_ttl,
         query_log=config.logging.query_log,
         reactor=reactor,
     )
@@ -99,6 +154,7 @@ def build_service(config, reactor=None) -> ServerRoot:
         listen.host,
         listen.port,
         enable_tcp=config.server.enable_tcp,
+        reuse_port=reuse_port,
         tcp_idle_timeout=config.server.tcp_idle_timeout,
         tcp_max_connections=config.server.tcp_max_connections,
         reactor=reactor,
@@ -108,9 +164,19 @@ def build_service(config, reactor=None) -> ServerRoot:
     root.infra = infra
     root.pool = pool
     root.handler = handler
+    root.caches = caches
     return root
 
 
-def makeService(options: Options) -> ServerRoot:
-    """twistd's entry point."""
-    return build_service(options.config)
+def makeService(options: Options) -> service.MultiService:
+    """
+    twistd's entry point: the server itself, or with ``server.num_workers``
+    above 1 the supervisor of that many worker processes.
+    """
+    config = options.config
+    worker = options["worker-index"] is not None
+    if config.server.num_workers > 1 and not worker:
+        from dnsgo.workers import WorkerSupervisor
+
+        return WorkerSupervisor(config, options["config"])
+    return build_service(config, reuse_port=worker)

@@ -7,6 +7,7 @@ a reply and writes it to L1.  Serve-stale (RFC 8767) and prefetch hang off
 the miss path too.
 """
 from collections import Counter
+from time import perf_counter
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -17,6 +18,7 @@ from dnsgo.negative import normalize_negative
 from dnsgo.query import FlaggedQuery
 from dnsgo.resolve import FinalAnswer
 from dnsgo.response import encode_reply
+from dnsgo.stats import QueryStats
 
 #: Zone transfers are an authoritative server's business.
 _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
@@ -68,31 +70,39 @@ class QueryHandler:
         self._negative_ttl = negative_ttl
         self._query_log = query_log
         self.counters: Counter = Counter()
+        self.stats = QueryStats()
 
     def handle(self, data: bytes, client: str, tcp: bool = False):
         """Answer ``data`` from ``client`` (an IP string)."""
+        started = perf_counter()
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
             if e.query_id is None:
                 return None
-            return wire.error_reply(e, wire.FORMERR)
+            return self._counted(wire.error_reply(e, wire.FORMERR), 0, tcp, started)
         if not self._filter.allowed(client):
-            return wire.error_reply(q, wire.REFUSED)
+            return self._counted(wire.error_reply(q, wire.REFUSED), q.qtype, tcp, started)
         if q.opcode != dns.OP_QUERY:
-            return wire.error_reply(q, wire.NOTIMP)
+            return self._counted(wire.error_reply(q, wire.NOTIMP), q.qtype, tcp, started)
         if q.edns_version:
-            return wire.error_reply(q, wire.BADVERS)
+            return self._counted(wire.error_reply(q, wire.BADVERS), q.qtype, tcp, started)
         if q.qtype in _REFUSED_TYPES:
-            return wire.error_reply(q, wire.REFUSED)
+            return self._counted(wire.error_reply(q, wire.REFUSED), q.qtype, tcp, started)
         if self._query_log:
             self._log_query(q, client, tcp)
         cache = self._cache
         if cache is not None:
             hit = cache.lookup(q)
             if hit is not None:
-                return self._finish(hit, q, tcp)
-        return self._miss(q, tcp)
+                return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
+        d = self._miss(q, tcp)
+        d.addCallback(self._counted, q.qtype, tcp, started)
+        return d
+
+    def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
+        self.stats.record(reply[3] & 0xF, qtype, tcp, perf_counter() - started)
+        return reply
 
     def _miss(self, q: wire.QueryInfo, tcp: bool) -> defer.Deferred:
         resolved = self._resolve(q, self._resolver)

@@ -94,6 +94,7 @@ class ServerRoot(service.MultiService):
         super().__init__()
         self.config = config
         self.infra = self.pool = self.handler = self.caches = None
+        self.identity = None
 
     def setServiceParent(self, parent):
         from twisted.logger import ILogObserver
@@ -165,7 +166,24 @@ def build_service(config, reactor=None, reuse_port: bool = False) -> ServerRoot:
     root.pool = pool
     root.handler = handler
     root.caches = caches
+    root.identity = identity_for(config, dns_service)
     return root
+
+
+def identity_for(config, dns_service, environ=None):
+    """This process's worker id, cluster name and DNS address."""
+    import os
+
+    from dnsgo.stats import Identity, default_worker_id, now_wall
+
+    environ = os.environ if environ is None else environ
+    listen = config.server.listen_address
+    return Identity(
+        worker_id=config.server.worker_id or default_worker_id(),
+        cluster_name=config.server.cluster_name or environ.get("SITE_ID", ""),
+        address=str(listen),
+        started_at=now_wall(),
+    )
 
 
 def makeService(options: Options) -> service.MultiService:

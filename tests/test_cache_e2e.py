@@ -237,3 +237,31 @@ class ServeStaleTests(unittest.TestCase):
         yield sleep(2.2)
         r = yield ask(p, "short.example.test", "A", use_edns=0)
         self.assertEqual(r.rcode(), dns.rcode.SERVFAIL)
+
+
+class SnapshotTests(unittest.TestCase):
+    """The worker stats snapshot reflects real traffic."""
+
+    @defer.inlineCallbacks
+    def test_snapshot_counts(self):
+        """Two queries for one name: one L1 miss, one hit, two NOERROR A/udp, JSON-serialisable."""
+        import json
+
+        from dnsgo.stats import worker_snapshot
+
+        auth = AuthorityServer().start()
+        self.addCleanup(auth.stop)
+        root = start_dnsgo(self, [auth.address])
+        p = port(root)
+        yield ask(p, "www.example.test", "A")
+        yield ask(p, "www.example.test", "A")
+        yield ask(p, "nope.example.test", "A")
+        snap = json.loads(json.dumps(worker_snapshot(root)))
+        self.assertEqual(snap["messageCache"]["hits"], 1)
+        self.assertEqual(snap["messageCache"]["misses"], 2)
+        self.assertIn(["NOERROR", "A", "udp", 2], snap["queries"])
+        self.assertIn(["NXDOMAIN", "A", "udp", 1], snap["queries"])
+        self.assertEqual(snap["latency"]["count"], 3)
+        self.assertEqual(sum(snap["latency"]["counts"]), 3)
+        self.assertEqual(snap["upstreams"][0]["address"], f"127.0.0.1:{auth.port}")
+        self.assertEqual(snap["mode"], "standalone")

@@ -1,0 +1,1 @@
+"""The shared-cache backends over Redis: single server, Sentinel, Cluster."""

@@ -40,7 +40,7 @@ run: venv
 	$(VENV)/bin/twistd -n dnsgo
 
 test: venv debs
-	$(PY) tests/summarize.py $(VENV)/bin/trial tests
+	$(PY) tests/summarize.py $(VENV)/bin/trial -j2 tests
 
 check: venv
 	$(VENV)/bin/twistd dnsgo --check-config --config $(CONFIG)

@@ -194,28 +194,40 @@ class DNSService(service.Service):
 
     def startService(self) -> None:
         super().startService()
-        family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
-        udp = bind_socket(self._host, self._port, socket.SOCK_DGRAM, reuse_port=self._reuse_port)
-        try:
-            self.udp_port = udp.getsockname()[1]
-            self._listening.append(
-                self._reactor.adoptDatagramPort(udp.fileno(), family, DNSDatagramProtocol(self._handler))
-            )
-        finally:
-            udp.close()
-        if self._enable_tcp:
-            tcp = bind_socket(self._host, self.udp_port, socket.SOCK_STREAM, reuse_port=self._reuse_port)
+        # With port 0 the OS picks the UDP port, and TCP may find that number
+        # taken: then both are tried again.
+        for attempt in range(1 if self._port else 20):
+            udp = bind_socket(self._host, self._port, socket.SOCK_DGRAM, reuse_port=self._reuse_port)
+            tcp = None
             try:
-                self.tcp_port = tcp.getsockname()[1]
-                self._listening.append(self._reactor.adoptStreamPort(tcp.fileno(), family, self.tcp_factory))
+                port = udp.getsockname()[1]
+                if self._enable_tcp:
+                    try:
+                        tcp = bind_socket(self._host, port, socket.SOCK_STREAM, reuse_port=self._reuse_port)
+                    except OSError:
+                        if self._port or attempt == 19:
+                            raise
+                        continue
+                self._adopt(udp, tcp)
+                self.udp_port = port
+                self.tcp_port = port if tcp is not None else None
+                break
             finally:
-                tcp.close()
+                udp.close()
+                if tcp is not None:
+                    tcp.close()
         self.log.info(
             "DNS listening on {host} port {port} (udp{tcp})",
             host=self._host,
             port=self.udp_port,
             tcp="+tcp" if self._enable_tcp else "",
         )
+
+    def _adopt(self, udp: socket.socket, tcp: socket.socket | None) -> None:
+        family = udp.family
+        self._listening.append(self._reactor.adoptDatagramPort(udp.fileno(), family, DNSDatagramProtocol(self._handler)))
+        if tcp is not None:
+            self._listening.append(self._reactor.adoptStreamPort(tcp.fileno(), family, self.tcp_factory))
 
     def stopService(self):
         super().stopService()

@@ -1,0 +1,190 @@
+"""
+The OpenAPI 3.0 description of the management API, served at
+``/api/openapi.json``.  The schemas describe the bodies that
+:mod:`dnsgo.api.views` and :mod:`dnsgo.api.clear` actually build; the
+tests check live responses against them.
+"""
+from dnsgo.api.clear import CACHE_TYPES, TARGETS
+
+_REF = "#/components/schemas/"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": _REF + name}
+
+
+def _object(properties: dict, required=None, extra: bool = False, **more) -> dict:
+    schema = {"type": "object", "properties": properties, "additionalProperties": extra, **more}
+    required = list(properties) if required is None else required
+    if required:  # OpenAPI 3.0 forbids an empty list
+        schema["required"] = required
+    return schema
+
+
+_INT = {"type": "integer", "minimum": 0}
+_NUMBER = {"type": "number"}
+_RATE = {"type": "number", "minimum": 0, "maximum": 100, "description": "percent of lookups that hit"}
+_STRING = {"type": "string"}
+_TIME = {"type": "string", "format": "date-time", "description": "UTC, e.g. 2024-01-15T10:30:00Z"}
+
+
+def _nullable(schema: dict) -> dict:
+    return {**schema, "nullable": True}
+
+
+def _schemas() -> dict:
+    return {
+        "Error": _object({"error": _STRING, "reason": _STRING}),
+        "CacheStats": _object({
+            "hits": _INT, "misses": _INT, "evicts": _INT, "hit_rate": _RATE,
+            "size_bytes": _INT, "max_size_bytes": _INT, "num_shards": _INT,
+        }),
+        "Worker": _object({
+            "workerId": _STRING, "clusterName": _STRING, "address": _STRING,
+            "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+            "messageCache": _ref("CacheStats"), "rrsetCache": _ref("CacheStats"),
+            "lastUpdated": _nullable(_TIME),
+        }),
+        "SharedCache": _object({
+            "type": {"type": "string", "enum": ["redis", "redis-sentinel", "redis-cluster"]},
+            "address": _STRING,
+            "status": _STRING,
+            "stats": _object({"hits": _INT, "misses": _INT, "hit_rate": _RATE, "size_bytes": _INT}),
+            "lastSync": _nullable(_TIME),
+        }, nullable=True, description="null when there is no shared cache (modes standalone and local-only)"),
+        "Aggregated": _object({
+            "totalHits": _INT, "totalMisses": _INT, "averageHitRate": _RATE,
+            "totalSizeBytes": _INT, "workerCount": _INT,
+        }, description=(
+            "Sums over all listed workers' message and RRset caches plus the shared cache; "
+            "averageHitRate = 100 * totalHits / (totalHits + totalMisses)."
+        )),
+        "Architecture": _object({
+            "description": _STRING, "l1Type": _STRING, "l2Type": _STRING, "replication": _STRING,
+            "invalidation": _STRING, "features": {"type": "array", "items": _STRING},
+        }),
+        "DistributedStats": _object({
+            "mode": {"type": "string", "enum": ["standalone", "local-only", "hybrid"]},
+            "workers": {"type": "array", "items": _ref("Worker")},
+            "sharedCache": _ref("SharedCache"),
+            "aggregated": _ref("Aggregated"),
+            "architecture": _ref("Architecture"),
+        }),
+        "ClearRequest": _object({
+            "target": {"type": "string", "enum": list(TARGETS), "default": "all"},
+            "workerIds": {"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1},
+                          "description": 'required with target "worker", refused otherwise'},
+            "cacheType": {"type": "string", "enum": list(CACHE_TYPES), "default": "all"},
+            "name": {"type": "string", "description": "clear only this domain name's entries"},
+            "type": {"type": "string", "description": "RR type mnemonic (A, AAAA, TYPE65...); needs name"},
+            "subtree": {"type": "boolean", "default": False, "description": "also the names below name"},
+        }, required=[]),
+        "ClearResult": _object({
+            "workerId": _STRING, "success": {"type": "boolean"},
+            "cleared": {"type": "array", "items": {"type": "string", "enum": ["message", "rrset"]}},
+        }),
+        "ClearResponse": _object({
+            "success": {"type": "boolean"}, "clearedCount": _INT,
+            "results": {"type": "array", "items": _ref("ClearResult")},
+            "sharedCleared": {"type": "boolean"},
+        }),
+        "WorkerDetail": _object({
+            "workerId": _STRING, "clusterName": _STRING, "address": _STRING,
+            "status": {"type": "string", "enum": ["healthy", "unhealthy"]},
+            "lastHeartbeat": _nullable(_TIME), "lastUpdated": _nullable(_TIME),
+            "version": _nullable(_STRING), "pid": _nullable(_INT), "startedAt": _nullable(_TIME),
+            "uptimeSeconds": _nullable(_NUMBER), "serving": _nullable({"type": "boolean"}),
+            "mode": _nullable(_STRING), "queries": _nullable(_INT), "servfails": _nullable(_INT),
+            "prefetches": _nullable(_INT), "staleAnswers": _nullable(_INT),
+            "sharedCache": _nullable(_object({"status": _nullable(_STRING), "breaker": _nullable(_STRING)})),
+        }),
+        "Workers": _object({"workers": {"type": "array", "items": _ref("WorkerDetail")}}),
+        "Upstream": _object({
+            "address": _STRING, "srtt_ms": _NUMBER, "in_flight": _INT, "consecutive_failures": _INT,
+            "success_rate": _NUMBER, "last_response": _nullable(_NUMBER), "health": _STRING,
+            "next_probe": _nullable(_NUMBER), "queries": _INT, "failures": _INT,
+        }, required=["address", "srtt_ms", "health"], extra=True),
+        "Upstreams": _object({"workers": {"type": "array", "items": _object({
+            "workerId": _STRING, "upstreams": {"type": "array", "items": _ref("Upstream")},
+        })}}),
+        "Health": _object({"status": {"type": "string", "enum": ["ok"]}}),
+        "Ready": _object({"status": {"type": "string", "enum": ["ready", "not_ready"]}}),
+    }
+
+
+def _json(description: str, schema: dict, **more) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}, **more}
+
+
+def _responses() -> dict:
+    error = _ref("Error")
+    return {
+        "BadRequest": _json("The request is invalid; reason says why.", error),
+        "Unauthorized": _json(
+            "The bearer token is missing or wrong.", error,
+            headers={"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
+        ),
+        "InternalError": _json("An unexpected error (logged by the server).", error),
+    }
+
+
+def _get(summary: str, ok: dict, *, secured: bool = True, more: dict | None = None) -> dict:
+    responses = {"200": ok, **(more or {})}
+    if secured:
+        responses["401"] = {"$ref": "#/components/responses/Unauthorized"}
+    responses["500"] = {"$ref": "#/components/responses/InternalError"}
+    operation = {"summary": summary, "responses": responses}
+    if not secured:
+        operation["security"] = []
+    return operation
+
+
+def openapi_document(version: str) -> dict:
+    """The OpenAPI 3.0.3 document of the management API, as a JSON-able dict."""
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "dnsgo management API",
+            "version": version,
+            "description": (
+                "Cache statistics and cache clearing across dnsgo workers, worker and upstream state, "
+                "health, readiness and Prometheus metrics.  Every route except /api/health and "
+                "/api/ready needs 'Authorization: Bearer <token>' when a token is configured."
+            ),
+        },
+        "security": [{"bearerAuth": []}],
+        "paths": {
+            "/api/cache/distributed": {
+                "get": _get("Cache statistics of every worker and of the shared cache.",
+                            _json("The statistics.", _ref("DistributedStats"))),
+                "delete": {
+                    "summary": "Clear caches: all, some workers', or the shared one; whole or by name.",
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ClearRequest")}}},
+                    "responses": {
+                        "200": _json("What was cleared where.", _ref("ClearResponse")),
+                        "400": {"$ref": "#/components/responses/BadRequest"},
+                        "401": {"$ref": "#/components/responses/Unauthorized"},
+                        "500": {"$ref": "#/components/responses/InternalError"},
+                    },
+                },
+            },
+            "/api/workers": {"get": _get("Every worker's identity, liveness and totals.", _json("The workers.", _ref("Workers")))},
+            "/api/upstreams": {"get": _get("Every worker's view of its upstreams (the L3 cache).",
+                                           _json("The upstreams.", _ref("Upstreams")))},
+            "/api/health": {"get": _get("Liveness: the API answers.", _json("Alive.", _ref("Health")), secured=False)},
+            "/api/ready": {"get": _get(
+                "Readiness: the DNS service is up.", _json("Ready.", _ref("Ready")), secured=False,
+                more={"503": _json("Not ready yet, or no longer.", _ref("Ready"))},
+            )},
+            "/api/openapi.json": {"get": _get("This document.", _json("OpenAPI 3.0 document.", {"type": "object"}))},
+            "/metrics": {"get": _get(
+                "Prometheus metrics (text exposition format 0.0.4).",
+                {"description": "The metrics.", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            )},
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+            "responses": _responses(),
+        },
+    }

@@ -1,0 +1,374 @@
+"""
+The worker's side of the control channel: connect to the control plane
+(again and again, with back-off, for as long as the service runs),
+register, take the configuration, send heartbeats with the stats snapshot,
+and carry out the control plane's commands through the worker's hooks.
+
+A worker keeps serving while the control plane is away; when it comes back
+the worker registers again by itself.
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import defer, protocol, task
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from dnsgo.control.commands import (
+    CAPABILITIES,
+    ClearCache,
+    CommandTimeout,
+    HandlerFailed,
+    Heartbeat,
+    Invalidate,
+    InvalidRequest,
+    NotRegistered,
+    Register,
+    ReloadConfig,
+    Shutdown,
+    call,
+    check_caches,
+    describe,
+)
+
+#: Reconnection delays: from 0.2 s, doubling, up to 5 s (plus up to 0.1 s of jitter).
+RETRY_POLICY = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0, jitter=lambda: random.uniform(0, 0.1))
+#: Seconds the control plane has to answer Register and Heartbeat.
+COMMAND_TIMEOUT = 10.0
+#: The longest wait before a refused registration is tried again (on a new connection).
+MAX_REGISTER_DELAY = 5.0
+
+
+class _WorkerProtocol(amp.AMP):
+    """The worker's connection to the control plane; commands go to the client."""
+
+    def __init__(self, client: ControlClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._client._connected(self)
+
+    def connectionLost(self, reason) -> None:
+        # The client first, so that the commands AMP now fails are known to
+        # belong to a lost connection and are not reported one by one.
+        self._client._lost(self)
+        super().connectionLost(reason)
+
+    @ClearCache.responder
+    def clear_cache(self, caches, name, type, subtree):
+        return self._client._clear(caches, name, type, subtree)
+
+    @ReloadConfig.responder
+    def reload_config(self, config):
+        return self._client._reload(config)
+
+    @Shutdown.responder
+    def shutdown(self):
+        return self._client._shutdown()
+
+
+class _WorkerFactory(protocol.Factory):
+    """Builds the one :class:`_WorkerProtocol` of each connection attempt."""
+
+    noisy = False
+
+    def __init__(self, client: ControlClient) -> None:
+        self._client = client
+
+    def buildProtocol(self, addr):
+        return _WorkerProtocol(self._client)
+
+
+def _handler_error(failure, command: str):
+    """A hook's failure as an error the control plane understands (logged
+    here too, with its traceback, unless it is a bad request)."""
+    if failure.check(ValueError, InvalidRequest):
+        raise InvalidRequest(describe(failure))
+    ControlClient.log.failure("carrying out {command} failed", failure, command=command)
+    raise HandlerFailed(describe(failure))
+
+
+class ControlClient(service.Service):
+    """
+    A worker's link to the control plane at ``control_host``:``control_port``.
+
+    The hooks, each called in the reactor thread:
+
+    - ``snapshot()`` -> dict: the stats snapshot sent with every heartbeat
+      (heartbeats start once the first configuration is applied);
+    - ``on_config(text)``: apply the first configuration (YAML text).  Called
+      once, after the first registration; ``ready`` fires with the text when
+      it is done (it may return a Deferred), or fails with its failure (the
+      worker should then stop; no heartbeats are sent);
+    - ``on_reload(text)`` -> bool | None (or a Deferred of one): apply a new
+      configuration, from ReloadConfig or from a later registration whose
+      text differs from the last one handed to a hook.  False means "not
+      applied"; None counts as applied.  Hooks that apply a configuration
+      never run concurrently;
+    - ``on_clear({"caches", "name", "type", "subtree"})`` -> dict (or a
+      Deferred of one) with ``cleared`` (a count) and ``caches`` (the names
+      flushed).  A ValueError reaches the control plane as InvalidRequest.
+      It waits for a configuration being applied (so it never sees a
+      worker without one);
+    - ``on_shutdown()``: stop the worker; called just after the answer left.
+    """
+
+    log = Logger(namespace="dnsgo.control")
+
+    def __init__(
+        self,
+        control_host: str,
+        control_port: int,
+        *,
+        worker_id: str,
+        cluster_name: str,
+        dns_address: str,
+        version: str,
+        capabilities=CAPABILITIES,
+        snapshot: Callable[[], dict[str, Any]],
+        on_config: Callable[[str], Any],
+        on_clear: Callable[[dict[str, Any]], Any],
+        on_reload: Callable[[str], Any],
+        on_shutdown: Callable[[], Any],
+        heartbeat_interval_default: float = 5.0,
+        command_timeout: float = COMMAND_TIMEOUT,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.control_address = f"{control_host}:{control_port}"
+        self.worker_id = worker_id
+        self._hello = {
+            "worker_id": worker_id,
+            "cluster_name": cluster_name,
+            "dns_address": dns_address,
+            "version": version,
+            "capabilities": list(capabilities),
+        }
+        self._snapshot = snapshot
+        self._on_config = on_config
+        self._on_clear = on_clear
+        self._on_reload = on_reload
+        self._on_shutdown = on_shutdown
+        self._default_interval = heartbeat_interval_default
+        self._command_timeout = command_timeout
+        self._reactor = reactor
+        #: Fires with the first configuration's text once ``on_config`` applied it.
+        self.ready: defer.Deferred = defer.Deferred()
+        #: The configuration text the worker runs with (None until the first is applied).
+        self.config_text: str | None = None
+        self._offered: str | None = None  # the last text handed to a hook
+        self._configured = False
+        self._applying = defer.DeferredLock()
+        self._protocol: _WorkerProtocol | None = None  # the current connection
+        self._registered_on: _WorkerProtocol | None = None
+        self._register_failures = 0
+        self._retry = None
+        self._heartbeats: task.LoopingCall | None = None
+        self._beating = False
+        self._connector = ClientService(
+            HostnameEndpoint(reactor, control_host, control_port),
+            _WorkerFactory(self),
+            retryPolicy=RETRY_POLICY,
+            clock=reactor,
+        )
+
+    @property
+    def registered(self) -> bool:
+        """Whether the worker is registered with the control plane right now."""
+        return self._registered_on is not None
+
+    def startService(self) -> None:
+        """Start connecting to the control plane."""
+        super().startService()
+        self.log.info("connecting to the control plane at {address}", address=self.control_address)
+        self._connector.startService()
+
+    def stopService(self) -> defer.Deferred:
+        """Stop heartbeats and reconnecting, close the connection; fires when it is closed."""
+        super().stopService()
+        self._stop_heartbeats()
+        self._cancel_retry()
+        return self._connector.stopService()
+
+    def invalidate(self, caches, name=None, type=None, subtree=False) -> defer.Deferred:
+        """
+        Ask the control plane to flush ``caches`` (``name``/``type``/``subtree``
+        as in ClearCache) on every other worker.  Fires with ``{"workers":
+        sent to, "failed": did not confirm}``; fails with NotRegistered while
+        the worker is not registered.
+        """
+        if self._registered_on is None:
+            return defer.fail(NotRegistered("not registered with the control plane"))
+        return call(
+            self._registered_on, Invalidate,
+            timeout=self._command_timeout * 2, reactor=self._reactor,
+            caches=check_caches(caches), name=name, type=type, subtree=bool(subtree),
+        )
+
+    # -- the connection ----------------------------------------------------
+
+    def _connected(self, proto: _WorkerProtocol) -> None:
+        self._protocol = proto
+        self._register(proto)
+
+    def _lost(self, proto: _WorkerProtocol) -> None:
+        if proto is not self._protocol:
+            return
+        was_registered = self._registered_on is proto
+        self._protocol = self._registered_on = None
+        self._stop_heartbeats()
+        self._cancel_retry()
+        if self.running and was_registered:
+            self.log.warn("lost the control plane at {address}; reconnecting", address=self.control_address)
+
+    def _register(self, proto: _WorkerProtocol) -> None:
+        d = call(proto, Register, timeout=self._command_timeout, reactor=self._reactor, **self._hello)
+        d.addCallbacks(self._registered, self._register_failed, callbackArgs=(proto,), errbackArgs=(proto,))
+
+    def _register_failed(self, failure, proto: _WorkerProtocol) -> None:
+        if proto is not self._protocol:
+            return
+        self._register_failures += 1
+        delay = min(0.1 * 2 ** self._register_failures, MAX_REGISTER_DELAY)
+        self.log.warn(
+            "registration with the control plane at {address} failed: {why}; retrying in {delay:g}s",
+            address=self.control_address, why=describe(failure), delay=delay,
+        )
+        self._retry = self._reactor.callLater(delay, proto.transport.loseConnection)
+
+    def _registered(self, answer, proto: _WorkerProtocol) -> None:
+        if proto is not self._protocol:
+            return
+        self._register_failures = 0
+        self._registered_on = proto
+        self.log.info(
+            "registered with the control plane at {address} as {worker_id}",
+            address=self.control_address, worker_id=self.worker_id,
+        )
+        text = answer["config"]
+        if self._offered is None:
+            self._offered = text
+            self._applying.run(self._on_config, text).addCallbacks(self._first_applied, self._first_failed)
+        elif text != self._offered:
+            self.log.info("the control plane has a new configuration; reloading")
+            self._offered = text
+            self._apply_reload(text).addErrback(
+                lambda f: self.log.failure("applying the control plane's configuration failed", f)
+            )
+        interval = answer["heartbeat_interval"]
+        self._start_heartbeats(proto, interval if interval > 0 else self._default_interval)
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+    # -- configuration -----------------------------------------------------
+
+    def _first_applied(self, _) -> None:
+        self._configured = True
+        self.config_text = self._offered
+        self.ready.callback(self.config_text)
+        if self._registered_on is not None:
+            self._beat(self._registered_on)
+
+    def _first_failed(self, failure) -> None:
+        self.log.failure("applying the first configuration failed", failure)
+        self.ready.errback(failure)
+
+    def _apply_reload(self, text: str) -> defer.Deferred:
+        """Run ``on_reload(text)`` after any application in progress; fires with whether it applied."""
+
+        def done(result) -> bool:
+            applied = result is None or bool(result)
+            if applied:
+                self.config_text = text
+                self.log.info("new configuration applied")
+            else:
+                self.log.warn("new configuration not applied")
+            return applied
+
+        return self._applying.run(self._on_reload, text).addCallback(done)
+
+    # -- commands from the control plane -----------------------------------
+
+    def _clear(self, caches, name, type, subtree):
+        try:
+            caches = check_caches(caches)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        request = {"caches": caches, "name": name, "type": type, "subtree": subtree}
+
+        def answer(result):
+            return {"cleared": int(result["cleared"]), "caches": list(result["caches"])}
+
+        d = self._applying.run(self._on_clear, request).addCallback(answer)
+        return d.addErrback(_handler_error, "ClearCache")
+
+    def _reload(self, text: str):
+        self._offered = text
+        return self._apply_reload(text).addCallbacks(
+            lambda applied: {"applied": applied}, _handler_error, errbackArgs=("ReloadConfig",)
+        )
+
+    def _shutdown(self):
+        self.log.info("the control plane asked this worker to shut down")
+        self._stop_heartbeats()
+        self._reactor.callLater(0, self._on_shutdown)
+        return {}
+
+    # -- heartbeats --------------------------------------------------------
+
+    def _start_heartbeats(self, proto: _WorkerProtocol, interval: float) -> None:
+        self._stop_heartbeats()
+        self._heartbeats = task.LoopingCall(self._beat, proto)
+        self._heartbeats.clock = self._reactor
+        self._heartbeats.start(interval, now=True).addErrback(
+            lambda f: self.log.failure("heartbeats stopped", f)
+        )
+
+    def _stop_heartbeats(self) -> None:
+        if self._heartbeats is not None and self._heartbeats.running:
+            self._heartbeats.stop()
+        self._heartbeats = None
+
+    def _beat(self, proto: _WorkerProtocol) -> None:
+        """Send one heartbeat, unless one is still on its way or there is nothing to report yet."""
+        if not self._configured or proto is not self._registered_on or self._beating:
+            return
+        try:
+            payload = json.dumps(self._snapshot(), separators=(",", ":"))
+        except Exception:
+            self.log.failure("the stats snapshot failed; heartbeat skipped")
+            return
+        self._beating = True
+        d = call(proto, Heartbeat, timeout=self._command_timeout, reactor=self._reactor, snapshot=payload)
+        d.addErrback(self._beat_failed, proto)
+        d.addBoth(self._beat_done)
+
+    def _beat_done(self, _) -> None:
+        self._beating = False
+
+    def _beat_failed(self, failure, proto: _WorkerProtocol) -> None:
+        if proto is not self._registered_on:
+            return
+        if failure.check(NotRegistered):
+            self.log.info("the control plane forgot this worker; registering again")
+            self._registered_on = None
+            self._stop_heartbeats()
+            self._register(proto)
+        elif failure.check(CommandTimeout):
+            self.log.warn("no answer to a heartbeat from {address}; reconnecting", address=self.control_address)
+            proto.transport.abortConnection()
+        else:
+            self.log.warn("heartbeat failed: {why}", why=describe(failure))

@@ -1,0 +1,223 @@
+"""
+The control channel's AMP commands: the contract between a control plane
+and its workers (``docs/control-protocol.md`` describes it for people).
+
+AMP ignores box keys it does not know, so an argument added later must be
+optional and both sides keep working; a change that cannot be made that
+way gets a new command name.  What a worker can do is announced in
+``Register.capabilities`` (:data:`CAPABILITIES`).
+"""
+from __future__ import annotations
+
+from twisted.internet import defer, error
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+
+#: The caches a ClearCache can name.
+CACHES = ("message", "rrset")
+
+def check_caches(caches) -> list[str]:
+    """``caches`` as a list, if it names only (and at least one of) :data:`CACHES`; else ValueError."""
+    caches = list(caches)
+    unknown = [cache for cache in caches if cache not in CACHES]
+    if unknown or not caches:
+        raise ValueError(f"caches must be some of {', '.join(CACHES)}; got {caches!r}")
+    return caches
+
+
+#: What a worker built from this module can do, sent with Register.
+CAPABILITIES = ("heartbeat", "clear-cache", "reload-config", "shutdown", "invalidate")
+
+
+class BigUnicode(amp.Argument):
+    """
+    A text argument of any length.  An AMP value holds at most 65,535 bytes,
+    so the UTF-8 bytes are split over keys ``NAME.0``, ``NAME.1``, ... and
+    ``NAME`` holds how many there are.
+    """
+
+    def toBox(self, name, strings, objects, proto):
+        """Write the text as its count of chunks and the chunks."""
+        data = objects.pop(_python_name(name)).encode("utf-8")
+        step = amp.MAX_VALUE_LENGTH
+        chunks = [data[start:start + step] for start in range(0, len(data), step)] or [b""]
+        strings[name] = str(len(chunks)).encode("ascii")
+        for index, chunk in enumerate(chunks):
+            strings[_chunk_key(name, index)] = chunk
+
+    def fromBox(self, name, strings, objects, proto):
+        """Read the chunks back and join them into the text."""
+        count = int(strings.pop(name))
+        chunks = [strings.pop(_chunk_key(name, index)) for index in range(count)]
+        objects[_python_name(name)] = b"".join(chunks).decode("utf-8")
+
+
+def _python_name(name: bytes) -> str:
+    """The keyword a responder gets for wire argument ``name``."""
+    return name.decode("ascii").replace("-", "_")
+
+
+def _chunk_key(name: bytes, index: int) -> bytes:
+    """The box key of chunk ``index`` of argument ``name``."""
+    return name + b"." + str(index).encode("ascii")
+
+
+# --------------------------------------------------------------------------
+# Errors a responder may send back (any other exception closes the connection)
+
+
+class InvalidRequest(Exception):
+    """The arguments make no sense (an empty worker id, an unknown cache)."""
+
+
+class NotRegistered(Exception):
+    """A worker sent a command that needs a registration it does not have."""
+
+
+class HandlerFailed(Exception):
+    """The code that carries the command out failed; the text says why."""
+
+
+_ERRORS = {InvalidRequest: b"INVALID", HandlerFailed: b"FAILED"}
+
+
+# --------------------------------------------------------------------------
+# Worker -> control plane
+
+
+class Register(amp.Command):
+    """
+    A worker introduces itself (first thing on every connection) and gets
+    the configuration to run with and how often to send heartbeats.
+    A worker id already registered is taken over by the new connection.
+    """
+
+    arguments = [
+        (b"worker_id", amp.Unicode()),
+        (b"cluster_name", amp.Unicode()),
+        (b"dns_address", amp.Unicode()),
+        (b"version", amp.Unicode()),
+        (b"capabilities", amp.ListOf(amp.Unicode())),
+    ]
+    response = [
+        (b"config", BigUnicode()),  # YAML text
+        (b"heartbeat_interval", amp.Float()),  # seconds
+    ]
+    errors = _ERRORS
+
+
+class Heartbeat(amp.Command):
+    """A registered worker is alive; ``snapshot`` is its stats snapshot as JSON."""
+
+    arguments = [(b"snapshot", BigUnicode())]
+    response = []
+    errors = {NotRegistered: b"NOT_REGISTERED", **_ERRORS}
+
+
+class Invalidate(amp.Command):
+    """
+    A registered worker asks the control plane to relay a cache flush to
+    every other worker (the ``broadcast`` invalidation strategy).  Answered
+    once all of them answered or timed out.
+    """
+
+    arguments = [
+        (b"caches", amp.ListOf(amp.Unicode())),
+        (b"name", amp.Unicode(optional=True)),
+        (b"type", amp.Unicode(optional=True)),
+        (b"subtree", amp.Boolean()),
+    ]
+    response = [
+        (b"workers", amp.Integer()),  # workers the flush was sent to
+        (b"failed", amp.Integer()),  # of which did not confirm it
+    ]
+    errors = {NotRegistered: b"NOT_REGISTERED", **_ERRORS}
+
+
+# --------------------------------------------------------------------------
+# Control plane -> worker
+
+
+class ClearCache(amp.Command):
+    """
+    Flush ``caches`` (a subset of :data:`CACHES`): everything, or with
+    ``name`` the entries of that name (of ``type`` only, if given; with
+    ``subtree`` the names below it too).  Answers how many entries went and
+    from which caches.
+    """
+
+    arguments = [
+        (b"caches", amp.ListOf(amp.Unicode())),
+        (b"name", amp.Unicode(optional=True)),
+        (b"type", amp.Unicode(optional=True)),
+        (b"subtree", amp.Boolean()),
+    ]
+    response = [
+        (b"cleared", amp.Integer()),
+        (b"caches", amp.ListOf(amp.Unicode())),
+    ]
+    errors = _ERRORS
+
+
+class ReloadConfig(amp.Command):
+    """Run with this configuration (YAML text) from now on; ``applied`` says whether it was."""
+
+    arguments = [(b"config", BigUnicode())]
+    response = [(b"applied", amp.Boolean())]
+    errors = _ERRORS
+
+
+class Shutdown(amp.Command):
+    """Stop the worker process; answered before the worker stops."""
+
+    arguments = []
+    response = []
+    errors = _ERRORS
+
+
+# --------------------------------------------------------------------------
+# Calling a command with a deadline
+
+
+class CommandTimeout(Exception):
+    """The peer did not answer a command in time."""
+
+
+def call(protocol: amp.AMP, command: type[amp.Command], *, timeout: float, reactor, **arguments) -> defer.Deferred:
+    """
+    Send ``command`` over ``protocol`` and return a Deferred for the answer
+    that fails with :class:`CommandTimeout` after ``timeout`` seconds.  An
+    answer that arrives later is dropped.
+    """
+    result: defer.Deferred = defer.Deferred()
+    name = command.__name__
+
+    def expire() -> None:
+        result.errback(CommandTimeout(f"no answer to {name} within {timeout:g}s"))
+
+    timer = reactor.callLater(timeout, expire)
+
+    def done(outcome):
+        if result.called:
+            return None
+        if timer.active():
+            timer.cancel()
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+        return None
+
+    defer.maybeDeferred(protocol.callRemote, command, **arguments).addBoth(done)
+    return result
+
+
+def describe(failure: Failure) -> str:
+    """A short text for a failed command, for an API result or a log line."""
+    value = failure.value
+    if isinstance(value, (error.ConnectionLost, error.ConnectionDone)):
+        return "connection lost"
+    text = value.args[0] if getattr(value, "args", None) else ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text) or type(value).__name__

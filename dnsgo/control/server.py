@@ -1,0 +1,321 @@
+"""
+The control plane's side of the control channel: an AMP listener that
+registers workers into a :class:`~dnsgo.control.registry.WorkerRegistry`,
+and the operations the management API sends to them (cache flushes,
+configuration reloads, shutdowns), each worker in parallel with a deadline.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer, protocol
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from dnsgo.control.commands import (
+    ClearCache,
+    Heartbeat,
+    Invalidate,
+    InvalidRequest,
+    NotRegistered,
+    Register,
+    ReloadConfig,
+    Shutdown,
+    call,
+    check_caches,
+    describe,
+)
+from dnsgo.control.registry import WorkerRegistry, WorkerSession
+
+#: Seconds a worker has to answer a command from the control plane.
+COMMAND_TIMEOUT = 5.0
+
+
+@attrs.frozen
+class Registration:
+    """What a worker said about itself in Register, for ``config_text_for``."""
+
+    worker_id: str
+    cluster_name: str
+    dns_address: str
+    version: str
+    capabilities: tuple[str, ...]
+    peer: str
+
+
+def _show(address) -> str:
+    """host:port of a Twisted IP address."""
+    host, port = getattr(address, "host", "?"), getattr(address, "port", "?")
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _ControlProtocol(amp.AMP):
+    """One worker's connection to the control plane."""
+
+    def __init__(self, control: ControlService) -> None:
+        super().__init__()
+        self._control = control
+        self.worker_id: str | None = None
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._control._connections.add(self)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self._control._connections.discard(self)
+        if self.worker_id is not None:
+            self._control.registry.disconnected(self.worker_id, self)
+        self.lost.callback(None)
+
+    @Register.responder
+    @defer.inlineCallbacks
+    def register(self, worker_id, cluster_name, dns_address, version, capabilities):
+        """Answer the configuration and record the worker (in that order: a
+        worker whose configuration cannot be made is not registered)."""
+        if not worker_id.strip():
+            raise InvalidRequest("worker_id must not be empty")
+        who = Registration(
+            worker_id, cluster_name, dns_address, version, tuple(capabilities), _show(self.transport.getPeer())
+        )
+        control = self._control
+        try:
+            text = yield defer.maybeDeferred(control.config_text_for, who)
+        except Exception as e:
+            control.log.failure("no configuration for worker {worker_id}", worker_id=worker_id)
+            raise InvalidRequest(f"no configuration for {worker_id}: {e}") from None
+        if self not in control._connections:
+            return {"config": text, "heartbeat_interval": control.heartbeat_interval}
+        if self.worker_id is not None and self.worker_id != worker_id:
+            control.registry.disconnected(self.worker_id, self)
+        self.worker_id = worker_id
+        control.registry.register(
+            worker_id,
+            cluster_name=cluster_name,
+            address=dns_address,
+            version=version,
+            capabilities=capabilities,
+            peer=who.peer,
+            protocol=self,
+        )
+        return {"config": text, "heartbeat_interval": control.heartbeat_interval}
+
+    def _session(self) -> WorkerSession:
+        """This connection's session; NotRegistered if it has none (any more)."""
+        registry = self._control.registry
+        if self.worker_id is None or self.worker_id not in registry:
+            raise NotRegistered("register first")
+        session = registry.session(self.worker_id)
+        if session.protocol is not self:
+            raise NotRegistered(f"{self.worker_id} is registered on another connection")
+        return session
+
+    @Heartbeat.responder
+    def heartbeat(self, snapshot):
+        """Record the heartbeat and its snapshot."""
+        session = self._session()
+        try:
+            parsed = json.loads(snapshot)
+        except ValueError as e:
+            raise InvalidRequest(f"snapshot is not JSON: {e}") from None
+        if not isinstance(parsed, dict):
+            raise InvalidRequest("snapshot must be a JSON object")
+        self._control.registry.heartbeat(session.worker_id, parsed)
+        return {}
+
+    @Invalidate.responder
+    def invalidate(self, caches, name, type, subtree):
+        """Relay a flush to every other worker; count how many confirmed it."""
+        session = self._session()
+        try:
+            check_caches(caches)
+        except ValueError as e:
+            raise InvalidRequest(str(e)) from None
+        d = self._control.broadcast_flush(caches, name, type, subtree, exclude=session.worker_id)
+
+        def count(results):
+            return {"workers": len(results), "failed": sum(1 for r in results if not r["success"])}
+
+        return d.addCallback(count)
+
+
+class _ControlFactory(protocol.ServerFactory):
+    """Builds a :class:`_ControlProtocol` per worker connection."""
+
+    noisy = False
+
+    def __init__(self, control: ControlService) -> None:
+        self._control = control
+
+    def buildProtocol(self, addr):
+        return _ControlProtocol(self._control)
+
+
+class ControlService(service.Service):
+    """
+    The control plane's listener on ``host``:``port`` (0: any free port,
+    then see ``bound_port``), and the operations on its workers.
+
+    ``config_text_for(registration)`` gives the YAML text a registering
+    worker runs with (a str, or a Deferred of one); it is asked again each
+    time a worker registers, so it should return what the control plane
+    wants now.  Workers heartbeat every ``heartbeat_interval`` seconds
+    (default: a third of the registry's timeout).  Stopping the service
+    closes every connection and empties ``registry``.
+    """
+
+    log = Logger(namespace="dnsgo.control")
+
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        config_text_for: Callable[[Registration], str | defer.Deferred],
+        *,
+        host: str,
+        port: int,
+        heartbeat_interval: float | None = None,
+        command_timeout: float = COMMAND_TIMEOUT,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.registry = registry
+        self.config_text_for = config_text_for
+        self.host = host
+        self.port = port
+        self.heartbeat_interval = heartbeat_interval or registry.heartbeat_timeout / 3
+        self.command_timeout = command_timeout
+        self.bound_port: int | None = None
+        self._reactor = reactor
+        self._listener = None
+        self._connections: set[_ControlProtocol] = set()
+
+    def startService(self) -> None:
+        """Listen for workers."""
+        super().startService()
+        self._listener = self._reactor.listenTCP(self.port, _ControlFactory(self), interface=self.host)
+        self.bound_port = self._listener.getHost().port
+        self.log.info("control plane listening on {host}:{port}", host=self.host, port=self.bound_port)
+
+    def stopService(self) -> defer.Deferred:
+        """Stop listening, close every worker connection; fires once all are gone."""
+        super().stopService()
+        waiting = [defer.maybeDeferred(self._listener.stopListening)] if self._listener else []
+        self._listener = None
+        for connection in list(self._connections):
+            waiting.append(connection.lost)
+            connection.transport.loseConnection()
+        self.registry.close()
+        return defer.gatherResults(waiting).addCallback(lambda _: None)
+
+    # -- operations for the management API ---------------------------------
+
+    def clear_cache(
+        self,
+        worker_ids: list[str] | None,
+        caches: list[str],
+        name: str | None = None,
+        type: str | None = None,
+        subtree: bool = False,
+    ) -> defer.Deferred:
+        """
+        Flush ``caches`` on the workers ``worker_ids`` (None: all of them),
+        all at once.  Fires with one result per worker, in order:
+        ``{workerId, success, cleared: [caches], count[, error]}``.
+        Raises KeyError naming the unknown ids, ValueError for unknown caches.
+        """
+        targets = self._targets(worker_ids)
+        caches = check_caches(caches)
+        return self._send_flush(targets, caches, name, type, subtree)
+
+    def broadcast_flush(
+        self,
+        caches: list[str],
+        name: str | None = None,
+        type: str | None = None,
+        subtree: bool = False,
+        exclude: str | None = None,
+    ) -> defer.Deferred:
+        """
+        The same flush as :meth:`clear_cache` on every connected worker but
+        ``exclude`` (the one that asked for it, in broadcast invalidation).
+        """
+        caches = check_caches(caches)
+        targets = [s for s in self.registry.sessions() if s.protocol is not None and s.worker_id != exclude]
+        return self._send_flush(targets, caches, name, type, subtree)
+
+    def reload_config(self, worker_ids: list[str] | None, config_text: str) -> defer.Deferred:
+        """
+        Send ``config_text`` to the workers ``worker_ids`` (None: all).  Fires
+        with ``{workerId, success, applied[, error]}`` per worker.  Raises
+        KeyError naming the unknown ids.
+        """
+        targets = self._targets(worker_ids)
+
+        def applied(answer):
+            return {"success": answer["applied"], "applied": answer["applied"]}
+
+        return self._each(targets, ReloadConfig, {"config": config_text}, applied, {"applied": False})
+
+    def shutdown(self, worker_id: str) -> defer.Deferred:
+        """
+        Tell ``worker_id`` to stop and forget it.  Fires with
+        ``{workerId, success[, error]}``.  Raises KeyError if it is unknown.
+        """
+        targets = self._targets([worker_id])
+
+        def forget(results):
+            self.registry.remove(worker_id)
+            return results[0]
+
+        return self._each(targets, Shutdown, {}, lambda answer: {"success": True}, {}).addCallback(forget)
+
+    # -- internals ---------------------------------------------------------
+
+    def _targets(self, worker_ids: list[str] | None) -> list[WorkerSession]:
+        """The sessions of ``worker_ids`` (None: all); KeyError naming the unknown ones."""
+        if worker_ids is None:
+            return self.registry.sessions()
+        unknown = [worker_id for worker_id in worker_ids if worker_id not in self.registry]
+        if unknown:
+            raise KeyError(f"unknown worker ids: {', '.join(unknown)}")
+        return [self.registry.session(worker_id) for worker_id in dict.fromkeys(worker_ids)]
+
+    def _send_flush(self, targets, caches, name, type, subtree) -> defer.Deferred:
+        arguments = {"caches": caches, "name": name, "type": type, "subtree": bool(subtree)}
+
+        def cleared(answer):
+            return {"success": True, "cleared": list(answer["caches"]), "count": answer["cleared"]}
+
+        return self._each(targets, ClearCache, arguments, cleared, {"cleared": [], "count": 0})
+
+    def _each(self, targets, command, arguments, on_answer, on_failure) -> defer.Deferred:
+        """
+        Send ``command`` to every target at once; fires with one result dict
+        per target, built by ``on_answer`` from its answer, or from
+        ``on_failure`` plus ``success: False`` and ``error``.
+        """
+
+        def one(session: WorkerSession) -> defer.Deferred:
+            worker_id = session.worker_id
+
+            def answered(answer):
+                return {"workerId": worker_id, **on_answer(answer)}
+
+            def failed(failure):
+                self.log.warn(
+                    "worker {worker_id}: {command} failed: {why}",
+                    worker_id=worker_id, command=command.__name__, why=describe(failure),
+                )
+                return {"workerId": worker_id, "success": False, **on_failure, "error": describe(failure)}
+
+            if session.protocol is None:
+                return defer.succeed({"workerId": worker_id, "success": False, **on_failure, "error": "not connected"})
+            d = call(session.protocol, command, timeout=self.command_timeout, reactor=self._reactor, **arguments)
+            return d.addCallbacks(answered, failed)
+
+        return defer.gatherResults([one(session) for session in targets])

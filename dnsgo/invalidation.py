@@ -1,0 +1,676 @@
+"""
+Cache invalidation (``cache.invalidation``): dropping entries from the caches
+of this worker, of every other worker, and of the shared store.
+
+A :class:`Flush` says what goes: everything, a name, a name and type, or a
+name and everything below it, in the L1 message cache, the L2 RRset cache
+or both.  :func:`apply_locally` applies one to this process's caches.  An
+invalidator carries a flush to where it must go, per strategy:
+
+* ``local-only`` (:class:`LocalInvalidator`): this process only;
+* ``pubsub`` (:class:`PubSubInvalidator`): this process at once, the shared
+  store once (by this worker, the one that started the flush), then every
+  other worker through Redis pub/sub, in batches;
+* ``broadcast`` (:class:`BroadcastInvalidator`): this process, then a
+  ``send`` callable the control plane provides.
+
+The pub/sub message format is versioned and documented in
+``docs/invalidation.md``; :func:`encode_batch` and :func:`decode_batch`
+implement it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from typing import Callable, Iterable
+
+import attrs
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns
+
+from dnsgo import wire
+from dnsgo.query import wire_to_dotted
+
+#: The cache kinds a flush can name: the L1 message cache and the L2 RRset
+#: cache (the local one, and the shared store in hybrid mode).
+MESSAGE = "message"
+RRSET = "rrset"
+CACHE_KINDS = frozenset({MESSAGE, RRSET})
+
+#: The version of the pub/sub message format this code writes and reads.
+FORMAT_VERSION = 1
+
+#: Messages longer than this are ignored unread.
+MAX_MESSAGE_BYTES = 1 << 20
+
+#: Type mnemonics beyond twisted.names' table, for flushes by type.
+_EXTRA_TYPES = {
+    "LOC": 29, "KX": 36, "CERT": 37, "APL": 42, "DS": 43, "IPSECKEY": 45, "RRSIG": 46, "NSEC": 47,
+    "DNSKEY": 48, "DHCID": 49, "NSEC3": 50, "NSEC3PARAM": 51, "TLSA": 52, "SMIMEA": 53, "HIP": 55,
+    "CDS": 59, "CDNSKEY": 60, "OPENPGPKEY": 61, "CSYNC": 62, "ZONEMD": 63, "SVCB": 64, "HTTPS": 65,
+    "EUI48": 108, "EUI64": 109, "ANY": 255, "URI": 256, "CAA": 257,
+}
+_TYPE_OF_TEXT = {**dns.REV_TYPES, **_EXTRA_TYPES}
+_TEXT_OF_TYPE = {code: text for text, code in _TYPE_OF_TEXT.items() if text != "ALL_RECORDS"}
+
+
+def parse_qtype(value: str | int) -> int:
+    """
+    Return the type code of ``value``: a code (``28``, ``"28"``), a
+    mnemonic in any case (``"AAAA"``, ``"https"``) or RFC 3597's
+    ``"TYPE65280"``.  Raises ValueError for anything else.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a record type: {value!r}")
+    if isinstance(value, int):
+        code = value
+    elif isinstance(value, str):
+        text = value.strip().upper()
+        if text in _TYPE_OF_TEXT:
+            return _TYPE_OF_TEXT[text]
+        digits = text[4:] if text.startswith("TYPE") else text
+        if not digits.isdigit() or not digits.isascii():
+            raise ValueError(f"unknown record type {value!r}")
+        code = int(digits)
+    else:
+        raise ValueError(f"not a record type: {value!r}")
+    if not 0 < code < 65536:
+        raise ValueError(f"record type {value!r} is out of range (1..65535)")
+    return code
+
+
+def qtype_text(code: int) -> str | int:
+    """The mnemonic of a type code, or the code itself when it has none (as the message format writes types)."""
+    return _TEXT_OF_TYPE.get(code, code)
+
+
+def parse_cache_kinds(value: str | Iterable[str]) -> frozenset[str]:
+    """
+    Return the cache kinds ``value`` names: the API's ``cacheType``
+    (``"all"``, ``"message"``, ``"rrset"``) or an iterable of kinds.
+    Raises ValueError for an unknown kind or none at all.
+    """
+    if isinstance(value, str):
+        kinds = CACHE_KINDS if value == "all" else frozenset((value,))
+    else:
+        kinds = frozenset(value)
+    if not kinds:
+        raise ValueError("a flush needs at least one cache kind")
+    for kind in kinds:
+        if kind not in CACHE_KINDS:
+            raise ValueError(f"unknown cache kind {kind!r} (known: all, message, rrset)")
+    return kinds
+
+
+def _canonical_name(name: str | None) -> str | None:
+    """A name in its canonical text form: lowercase, absolute (``"example.com."``), escapes kept."""
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ValueError(f"a name must be text, not {name!r}")
+    return wire.name_to_text(wire.text_to_name(name).lower())
+
+
+def _optional_qtype(value: str | int | None) -> int | None:
+    return None if value is None else parse_qtype(value)
+
+
+def _check_subtree(instance, attribute, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"subtree must be true or false, not {value!r}")
+
+
+@attrs.frozen
+class Flush:
+    """
+    What to drop from the caches.
+
+    ``name`` is a presentation-form name (stored canonical: lowercase, with
+    the final dot; ``"."`` is the root), or None for every name; ``qtype``
+    limits the flush to one type (a code; a mnemonic is accepted and
+    converted), or None for every type; with ``subtree``, the names below
+    ``name`` go too.  ``caches`` are the kinds it applies to (``"message"``,
+    ``"rrset"``; ``"all"`` is accepted).  Invalid values raise ValueError.
+    """
+
+    name: str | None = attrs.field(default=None, converter=_canonical_name)
+    qtype: int | None = attrs.field(default=None, converter=_optional_qtype)
+    subtree: bool = attrs.field(default=False, validator=_check_subtree)
+    caches: frozenset[str] = attrs.field(default=CACHE_KINDS, converter=parse_cache_kinds)
+
+    @classmethod
+    def everything(cls, caches: str | Iterable[str] = CACHE_KINDS) -> "Flush":
+        """A flush of every entry (of both caches unless ``caches`` says otherwise)."""
+        return cls(caches=caches)
+
+    @property
+    def is_everything(self) -> bool:
+        """Whether this drops every entry of its caches."""
+        return self.qtype is None and (self.name is None or (self.subtree and self.name == "."))
+
+    def wire_name(self) -> bytes | None:
+        """The name in wire format, as the L1 message cache takes it."""
+        return None if self.name is None else wire.text_to_name(self.name)
+
+    def dotted_name(self) -> bytes | None:
+        """The name as dotted bytes without the final dot (``b"example.com"``, the root ``b""``), as L2 takes it."""
+        return None if self.name is None else wire_to_dotted(self.wire_name())
+
+    def to_json(self) -> dict:
+        """This flush as an entry of a message's ``flushes`` list."""
+        return {
+            "name": self.name,
+            "type": None if self.qtype is None else qtype_text(self.qtype),
+            "subtree": self.subtree,
+            "caches": sorted(self.caches),
+        }
+
+    @classmethod
+    def from_json(cls, obj) -> "Flush":
+        """
+        The flush an entry of a message's ``flushes`` list (or an API body)
+        describes; ``type``, ``subtree`` and ``caches`` may be left out
+        (every type, no subtree, both caches) but ``name`` must be there
+        (null for every name).  Raises ValueError when it is malformed.
+        """
+        if not isinstance(obj, dict):
+            raise ValueError("a flush must be an object")
+        if "name" not in obj:
+            raise ValueError("a flush needs a name (null for every name)")
+        caches = obj.get("caches", sorted(CACHE_KINDS))
+        if isinstance(caches, str) or not isinstance(caches, list) or not all(isinstance(c, str) for c in caches):
+            raise ValueError("caches must be a list of cache kinds")
+        try:
+            return cls(obj["name"], obj.get("type"), obj.get("subtree", False), caches)
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+
+
+def apply_locally(flush: Flush, caches) -> int:
+    """
+    Drop what ``flush`` names from this process's caches and return how
+    many entries went: ``caches.messages`` (L1, which takes wire-format
+    names) for ``"message"``, ``caches.rrsets`` (the local L2, which takes
+    dotted names) for ``"rrset"``; either may be None (absent).  Any flush
+    also forgets the remembered upstream failures (``caches.failures``, a
+    :class:`~dnsgo.cache.failures.FailureCache`, when there is one), so the
+    next query for a flushed name goes upstream; they are not counted.
+    """
+    removed = 0
+    if flush.name is None:
+        wire_name = dotted = None
+    else:
+        wire_name = flush.wire_name()
+        dotted = wire_to_dotted(wire_name)
+    messages = getattr(caches, "messages", None)
+    if MESSAGE in flush.caches and messages is not None:
+        removed += messages.flush(wire_name, flush.qtype, flush.subtree)
+    rrsets = getattr(caches, "rrsets", None)
+    if RRSET in flush.caches and rrsets is not None:
+        removed += rrsets.flush(dotted, flush.qtype, flush.subtree)
+    failures = getattr(caches, "failures", None)
+    if failures is not None:
+        failures.clear()
+    return removed
+
+
+def apply_batch_locally(flushes: Iterable[Flush], caches) -> int:
+    """
+    Apply several flushes (a received batch) to this process's caches;
+    return the entries dropped.  Each L1 flush by name scans the whole L1
+    (about 1 µs per entry), so this is where a one-scan-per-batch L1 method
+    would plug in.
+    """
+    return sum(apply_locally(flush, caches) for flush in flushes)
+
+
+# -- the pub/sub message format ------------------------------------------------
+
+
+class BadMessage(ValueError):
+    """A pub/sub message that cannot be applied: malformed, or of a version this code does not know."""
+
+
+@attrs.frozen
+class Batch:
+    """
+    One pub/sub message: the flushes, who sent them (``origin``), the
+    sender's sequence number and when it sent them (seconds since the
+    epoch).  ``origin``, ``seq`` and ``sent_at`` are None when a message
+    left them out (one published by hand).
+    """
+
+    flushes: tuple[Flush, ...]
+    origin: str | None = None
+    seq: int | None = None
+    sent_at: float | None = None
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """The message of ``batch`` (format version :data:`FORMAT_VERSION`, compact JSON in UTF-8)."""
+    obj = {"v": FORMAT_VERSION}
+    if batch.origin is not None:
+        obj["origin"] = batch.origin
+    if batch.seq is not None:
+        obj["seq"] = batch.seq
+    if batch.sent_at is not None:
+        obj["sent_at"] = round(batch.sent_at, 3)
+    obj["flushes"] = [f.to_json() for f in batch.flushes]
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def decode_batch(data: bytes) -> Batch:
+    """
+    The batch a message holds.  Raises :class:`BadMessage` for anything
+    that is not a version-1 message exactly as documented (keys the
+    document does not name are allowed and skipped).
+    """
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise BadMessage(f"message of {len(data)} bytes is over the {MAX_MESSAGE_BYTES} byte limit")
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise BadMessage(f"not JSON: {e}"[:200]) from None
+    if not isinstance(obj, dict):
+        raise BadMessage("not a JSON object")
+    version = obj.get("v")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise BadMessage(f"unknown format version {version!r}")
+    origin = obj.get("origin")
+    if origin is not None and not isinstance(origin, str):
+        raise BadMessage("origin must be a string")
+    seq = obj.get("seq")
+    if seq is not None and (not isinstance(seq, int) or isinstance(seq, bool)):
+        raise BadMessage("seq must be an integer")
+    sent_at = obj.get("sent_at")
+    if sent_at is not None and (
+        not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool) or not math.isfinite(sent_at)
+    ):
+        raise BadMessage("sent_at must be a number")
+    entries = obj.get("flushes")
+    if not isinstance(entries, list):
+        raise BadMessage("flushes must be a list")
+    flushes = []
+    for index, entry in enumerate(entries):
+        try:
+            flushes.append(Flush.from_json(entry))
+        except ValueError as e:
+            raise BadMessage(f"flushes[{index}]: {e}") from None
+    return Batch(tuple(flushes), origin, seq, None if sent_at is None else float(sent_at))
+
+
+# -- invalidators ----------------------------------------------------------------
+
+
+class SharedFlushFailed(Exception):
+    """
+    The flush was applied locally (``removed`` entries) and passed on to
+    the other workers, but clearing the shared store failed (``reason``).
+    """
+
+    def __init__(self, removed: int, reason: str) -> None:
+        super().__init__(f"the shared store was not cleared: {reason}")
+        self.removed = removed
+        self.reason = reason
+
+
+@attrs.frozen
+class InvalidationStats:
+    """
+    The counters of an invalidator, for the management API and metrics.
+
+    ``flushes``: flushes started here; ``sent_batches``/``sent_flushes``:
+    messages (batches) handed on to the other workers and the flushes in
+    them; ``publish_failures``: batches that could not be sent (they are
+    retried); ``pending``: flushes waiting to be sent; ``received_batches``:
+    batches from other workers applied here; ``applied_flushes``: flushes
+    in those batches; ``skipped_own``: batches of this worker's own that
+    came back; ``ignored_messages``: malformed messages or unknown versions;
+    ``resync_clears``: caches cleared because the subscription came back
+    after a loss; ``removed_entries``: entries all of that dropped here;
+    ``shared_failures``: flushes the shared store could not apply.
+    """
+
+    strategy: str
+    flushes: int = 0
+    sent_batches: int = 0
+    sent_flushes: int = 0
+    publish_failures: int = 0
+    pending: int = 0
+    received_batches: int = 0
+    applied_flushes: int = 0
+    skipped_own: int = 0
+    ignored_messages: int = 0
+    resync_clears: int = 0
+    removed_entries: int = 0
+    shared_failures: int = 0
+
+
+#: The counters an invalidator keeps (every field of InvalidationStats but the strategy and the queue length).
+_COUNTERS = tuple(f.name for f in attrs.fields(InvalidationStats) if f.name not in ("strategy", "pending"))
+
+
+class _Originator:
+    """
+    What every strategy does with a flush started in this process: apply it
+    here, clear the shared store once, and apply it here again once the
+    shared store is clear (a query in between may have refilled the local
+    caches from the shared store's old entries).
+    """
+
+    strategy = "?"
+    log = Logger()
+
+    def __init__(self, caches, shared_store=None) -> None:
+        self.caches = caches
+        self._shared = shared_store
+        self._counts = dict.fromkeys(_COUNTERS, 0)
+
+    def stats(self) -> InvalidationStats:
+        """The counters now."""
+        return InvalidationStats(self.strategy, **self._counts)
+
+    def _apply(self, flush: Flush) -> int:
+        removed = apply_locally(flush, self.caches)
+        self._counts["removed_entries"] += removed
+        return removed
+
+    def _flush_here(self, flush: Flush) -> defer.Deferred:
+        """Apply ``flush`` locally and in the shared store; fires with the count or fails with SharedFlushFailed."""
+        self._counts["flushes"] += 1
+        removed = self._apply(flush)
+        if self._shared is None or RRSET not in flush.caches:
+            return defer.succeed(removed)
+        d = defer.maybeDeferred(self._shared.flush, flush.dotted_name(), flush.qtype, flush.subtree)
+
+        def cleared(shared_removed):
+            count = shared_removed if isinstance(shared_removed, int) else 0
+            return removed + count + self._apply(flush)
+
+        def failed(failure):
+            self._counts["shared_failures"] += 1
+            reason = f"{type(failure.value).__name__}: {failure.value}"[:300]
+            self.log.warn("invalidation: clearing the shared store for {flush} failed: {reason}",
+                          flush=flush, reason=reason)
+            raise SharedFlushFailed(removed + self._apply(flush), reason)
+
+        d.addCallbacks(cleared, failed)
+        return d
+
+
+class LocalInvalidator(_Originator):
+    """
+    Strategy ``local-only``: a flush applies to this process's caches (and
+    to the shared store when one is given) and goes nowhere else.
+    """
+
+    strategy = "local-only"
+
+    def invalidate(self, flush: Flush) -> defer.Deferred:
+        """Apply ``flush``; fires with the number of entries dropped (see :class:`SharedFlushFailed`)."""
+        return self._flush_here(flush)
+
+
+class BroadcastInvalidator(_Originator):
+    """
+    Strategy ``broadcast``: a flush applies here, then ``send(flush)`` (a
+    Deferred) hands it to the control plane, which relays it to the other
+    workers; they pass what they get to :meth:`receive`.
+    """
+
+    strategy = "broadcast"
+
+    def __init__(self, caches, send: Callable[[Flush], defer.Deferred], shared_store=None) -> None:
+        super().__init__(caches, shared_store)
+        self._send = send
+
+    def invalidate(self, flush: Flush) -> defer.Deferred:
+        """Apply ``flush`` here, then send it; fires with the local count once sent (or fails as send does)."""
+
+        def relay(result):
+            sent = defer.maybeDeferred(self._send, flush)
+
+            def done(_):
+                self._counts["sent_batches"] += 1
+                self._counts["sent_flushes"] += 1
+                return result
+
+            def failed(failure):
+                self._counts["publish_failures"] += 1
+                return failure
+
+            return sent.addCallbacks(done, failed)
+
+        return self._flush_here(flush).addBoth(relay)
+
+    def receive(self, flush: Flush) -> int:
+        """Apply a flush another worker started; return the entries dropped."""
+        self._counts["received_batches"] += 1
+        self._counts["applied_flushes"] += 1
+        return self._apply(flush)
+
+
+def unique_origin_id(prefix: str = "dnsgo") -> str:
+    """An origin id for a worker process that no other process shares: ``prefix``, the pid and random hex."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class PubSubInvalidator(_Originator, service.Service):
+    """
+    Strategy ``pubsub``: flushes travel over a Redis pub/sub ``channel``.
+
+    :meth:`invalidate` applies a flush here at once, clears the shared store
+    (``shared_store.flush(dotted_name, qtype, subtree)``, a Deferred; only
+    for flushes of the ``"rrset"`` cache), then queues the flush.  The
+    queue is published in batches of up to ``batch_size`` flushes, each at
+    most ``batch_delay`` seconds after its first flush was queued (one
+    PUBLISH per batch).  A batch that cannot be published is queued again
+    and retried every ``retry_delay`` seconds; more than ``max_pending``
+    waiting flushes collapse into one flush of everything.
+
+    As a subscriber it applies every flush of every batch from another
+    ``origin_id`` to this process's caches.  When the subscription comes
+    back after a loss it clears the ``resync_caches`` kinds of its caches
+    (by default L1 and the local L2), because it may have missed flushes.
+
+    ``origin_id`` must be unique per process (see :func:`unique_origin_id`):
+    a worker skips batches carrying its own.  A Twisted service: starting it
+    subscribes, stopping it publishes what is queued and unsubscribes.
+    """
+
+    strategy = "pubsub"
+
+    def __init__(
+        self,
+        caches,
+        backend,
+        channel: bytes,
+        batch_size: int,
+        batch_delay: float,
+        origin_id: str,
+        shared_store=None,
+        reactor=None,
+        *,
+        retry_delay: float = 1.0,
+        max_pending: int = 10000,
+        resync_caches: Iterable[str] = CACHE_KINDS,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if batch_delay < 0:
+            raise ValueError(f"batch_delay must not be negative, not {batch_delay}")
+        super().__init__(caches, shared_store)
+        self._reactor = reactor
+        self._backend = backend
+        self.channel = channel
+        self._batch_size = batch_size
+        self._batch_delay = batch_delay
+        self.origin_id = origin_id
+        self._retry_delay = retry_delay
+        self._max_pending = max(max_pending, batch_size)
+        self._resync = Flush.everything(resync_caches) if resync_caches else None
+        self._queue: list[Flush] = []
+        self._timer = None
+        self._backing_off = False
+        self._seq = 0
+        self._last_complaint = None
+        #: The backend's subscription while running.
+        self.subscription = None
+
+    # -- the service ------------------------------------------------------
+
+    def startService(self) -> None:
+        """Subscribe to the channel."""
+        super().startService()
+        self.subscription = self._backend.subscribe(self.channel, self._on_message, self._on_reconnect)
+
+    def stopService(self) -> defer.Deferred:
+        """Publish what is queued (once, without retrying) and unsubscribe."""
+        super().stopService()
+        self._cancel_timer()
+        pending, self._queue = self._queue, []
+        sends = [self._publish(batch, retry=False) for batch in self._batches(pending)]
+        subscription, self.subscription = self.subscription, None
+        if subscription is not None:
+            sends.append(defer.maybeDeferred(subscription.stop))
+        return defer.DeferredList(sends, consumeErrors=True).addCallback(lambda _: None)
+
+    def stats(self) -> InvalidationStats:
+        """The counters now."""
+        return InvalidationStats(self.strategy, pending=len(self._queue), **self._counts)
+
+    # -- sending ----------------------------------------------------------
+
+    def invalidate(self, flush: Flush) -> defer.Deferred:
+        """
+        Apply ``flush`` here and in the shared store, then queue it for the
+        other workers; fires with the entries dropped here and in the shared
+        store (or fails with :class:`SharedFlushFailed`; the flush is
+        queued all the same).
+        """
+
+        def enqueue(result):
+            self._enqueue(flush)
+            return result
+
+        return self._flush_here(flush).addBoth(enqueue)
+
+    def _enqueue(self, flush: Flush) -> None:
+        if not self.running:  # stopped (or not started): no batching, one try
+            self._publish([flush], retry=False)
+            return
+        self._queue.append(flush)
+        if len(self._queue) > self._max_pending:
+            self._queue = [Flush.everything()]
+        if self._backing_off:
+            return
+        if len(self._queue) >= self._batch_size:
+            self._publish_queue()
+        elif self._timer is None:
+            self._timer = self._reactor.callLater(self._batch_delay, self._publish_queue)
+
+    def _publish_queue(self) -> None:
+        """Publish everything queued now, one PUBLISH per ``batch_size`` flushes."""
+        self._cancel_timer()
+        self._backing_off = False
+        pending, self._queue = self._queue, []
+        for batch in self._batches(pending):
+            self._publish(batch, retry=True)
+
+    def _batches(self, flushes: list[Flush]) -> list[list[Flush]]:
+        size = self._batch_size
+        return [flushes[i : i + size] for i in range(0, len(flushes), size)]
+
+    def _publish(self, batch: list[Flush], retry: bool) -> defer.Deferred:
+        self._seq += 1
+        message = encode_batch(Batch(tuple(batch), self.origin_id, self._seq, self._reactor.seconds()))
+        d = defer.maybeDeferred(self._backend.publish, self.channel, message)
+
+        def sent(_receivers):
+            self._counts["sent_batches"] += 1
+            self._counts["sent_flushes"] += len(batch)
+
+        def failed(failure):
+            self._counts["publish_failures"] += 1
+            retrying = retry and self.running
+            self._complain("invalidation: publishing {count} flush(es) failed ({why}){then}",
+                           count=len(batch), why=str(failure.value)[:200],
+                           then="; retrying" if retrying else "; dropped")
+            if retrying:
+                self._requeue(batch)
+
+        return d.addCallbacks(sent, failed)
+
+    def _requeue(self, batch: list[Flush]) -> None:
+        self._queue[:0] = batch
+        if len(self._queue) > self._max_pending:
+            self._queue = [Flush.everything()]
+        self._backing_off = True
+        self._cancel_timer()
+        self._timer = self._reactor.callLater(self._retry_delay, self._publish_queue)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    # -- receiving --------------------------------------------------------
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            batch = decode_batch(data)
+        except BadMessage as e:
+            self._counts["ignored_messages"] += 1
+            self._complain("invalidation: ignored a message on {channel}: {why}",
+                           channel=self.channel.decode("utf-8", "replace"), why=str(e)[:200])
+            return
+        if batch.origin == self.origin_id:
+            self._counts["skipped_own"] += 1
+            return
+        self._counts["received_batches"] += 1
+        self._counts["applied_flushes"] += len(batch.flushes)
+        self._counts["removed_entries"] += apply_batch_locally(batch.flushes, self.caches)
+
+    def _on_reconnect(self) -> None:
+        self._counts["resync_clears"] += 1
+        removed = self._apply(self._resync) if self._resync is not None else 0
+        self.log.info("invalidation: resubscribed to {channel}; cleared {removed} cached entries "
+                      "(flushes may have been missed)",
+                      channel=self.channel.decode("utf-8", "replace"), removed=removed)
+
+    def _complain(self, fmt: str, **kw) -> None:
+        """Log a warning, at most one every 10 seconds (a flood of bad messages must not flood the log)."""
+        now = self._reactor.seconds()
+        if self._last_complaint is not None and now - self._last_complaint < 10:
+            return
+        self._last_complaint = now
+        self.log.warn(fmt, **kw)
+
+
+def build_invalidator(config, caches, *, origin_id: str | None = None, backend=None, shared_store=None,
+                      send: Callable[[Flush], defer.Deferred] | None = None, reactor=None):
+    """
+    The invalidator ``config`` (a :class:`~dnsgo.config.InvalidationConfig`)
+    asks for: ``pubsub`` needs ``backend`` (and takes ``origin_id``, a
+    unique one by default), ``broadcast`` needs ``send``.  A
+    :class:`PubSubInvalidator` must be started (it is a service).
+    """
+    if config.strategy == "pubsub":
+        if backend is None:
+            raise ValueError("invalidation strategy 'pubsub' needs a Redis backend")
+        ps = config.pubsub
+        return PubSubInvalidator(
+            caches, backend, ps.channel.encode("utf-8"), ps.batch_size, ps.batch_delay,
+            origin_id or unique_origin_id(), shared_store=shared_store, reactor=reactor,
+        )
+    if config.strategy == "broadcast":
+        if send is None:
+            raise ValueError("invalidation strategy 'broadcast' needs the control plane's send")
+        return BroadcastInvalidator(caches, send, shared_store=shared_store)
+    return LocalInvalidator(caches, shared_store=shared_store)

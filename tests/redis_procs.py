@@ -80,7 +80,7 @@ class RedisServer:
         lines = [
             f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", "save \"\"", "appendonly no",
             "protected-mode no", f"logfile {self.dir}/redis-{self.port}.log", f"pidfile {self.dir}/redis-{self.port}.pid",
-            "daemonize no",
+            "daemonize no", "repl-diskless-sync-delay 0",
         ]
         if self.password:
             lines += [f"requirepass {self.password}", f"masterauth {self.password}"]

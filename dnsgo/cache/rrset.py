@@ -43,6 +43,11 @@ mutated) are kept; every read builds new ``dns.RRHeader`` objects.  Expired
 entries are dropped when read, or by LRU eviction; :meth:`RRsetCache.stats`
 counts them until then.
 
+The rules that decide what a reply teaches live in :func:`learn_from_reply`
+(pure, no state), so the shared L2 in Redis (:mod:`dnsgo.cache.shared`)
+applies the very same ones; :meth:`RRsetCache.insert_rrset` and
+:meth:`RRsetCache.insert_negative` copy entries learnt there into this cache.
+
 Hits and misses are counted by the reader through :meth:`RRsetCache.count_lookup`
 (one per query answered or not, however many RRsets it looked at), so
 :meth:`RRsetCache.get` itself counts nothing.
@@ -171,69 +176,79 @@ class RRsetCache:
         Cache what an upstream reply to ``query`` teaches: its RRsets by rank,
         and a negative answer for NXDOMAIN or NODATA when it carries an SOA.
         """
-        qtype, qcls = query.type, query.cls
-        if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
-            return
+        self.store_learned(learn_from_reply(query, rcode, answers, authority, additional))
+
+    def store_learned(self, learned) -> None:
+        """Cache what :func:`learn_from_reply` found in a reply, applying this cache's TTL bounds."""
         now = self._reactor.seconds()
-        qname = _normalize(query.name.name)
-        for rank, section in ((Rank.ADDITIONAL, additional), (Rank.AUTHORITY, authority)):
-            for key, group in _group(section).items():
-                self._store_rrset(key, group, rank, now)
+        for item in learned:
+            if isinstance(item, LearnedRRset):
+                ttl = item.ttl
+                if ttl <= 0:
+                    continue
+                ttl = max(self._min_ttl, min(ttl, self._max_ttl))
+                if ttl > 0:
+                    self._put_rrset(item.name, item.type, item.cls, item.owner, item.payloads, ttl, item.rank, now, now)
+            else:
+                ttl = min(item.ttl, self._negative_ttl)
+                if ttl > 0:
+                    self._put_negative(item.name, item.type, item.cls, item.rcode, item.soa, ttl, now, now)
 
-        groups = _group(answers)
-        chain, complete = _follow_chain(groups, qname, qtype, qcls)
-        last = chain[-1]
-        on_chain = frozenset(chain)
-        for key, group in groups.items():
-            name, type, cls = key
-            if cls != qcls or name not in on_chain:
-                continue
-            if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
-                self._store_rrset(key, group, Rank.ANSWER, now)
+    def insert_rrset(
+        self, owner: bytes, type: int, cls: int, payloads, ttl: int, *, rank: Rank = Rank.ANSWER, stored_at: float | None = None
+    ) -> None:
+        """
+        Cache one RRset learnt elsewhere (the shared L2) as it is: ``ttl``
+        counted from ``stored_at`` (default now, never later than now).  Only
+        ``max_ttl`` applies, not ``min_ttl``: the TTL was bounded where the
+        RRset was first learnt.  The rank and NXDOMAIN rules apply as for
+        :meth:`store_reply`.
+        """
+        now = self._reactor.seconds()
+        stored_at = now if stored_at is None else min(stored_at, now)
+        ttl = min(ttl, self._max_ttl)
+        if now - stored_at < ttl:
+            self._put_rrset(normalize_name(owner), type, cls, owner, tuple(payloads), ttl, rank, stored_at, now)
 
-        if not complete:
-            return
-        if rcode == dns.ENAME:
-            self._store_negative((last, _NAME_LEVEL, qcls), dns.ENAME, authority, now)
-        elif (last, qtype, qcls) not in groups:
-            self._store_negative((last, qtype, qcls), dns.OK, authority, now)
+    def insert_negative(
+        self, name: bytes, type: int | None, cls: int, rcode: int, soa: dns.RRHeader, ttl: int, *, stored_at: float | None = None
+    ) -> None:
+        """
+        Cache a negative answer learnt elsewhere: NXDOMAIN (``type`` None) or
+        NODATA for ``type``, with ``soa``'s record, ``ttl`` counted from
+        ``stored_at`` (default now); only ``negative_ttl`` bounds it.
+        """
+        now = self._reactor.seconds()
+        stored_at = now if stored_at is None else min(stored_at, now)
+        ttl = min(ttl, self._negative_ttl)
+        if now - stored_at < ttl:
+            self._put_negative(normalize_name(name), type, cls, rcode, soa, ttl, stored_at, now)
 
-    def _store_rrset(self, key, group: "_Group", rank: Rank, now: float) -> None:
-        ttl = group.ttl
-        if ttl <= 0:
-            return
-        ttl = max(self._min_ttl, min(ttl, self._max_ttl))
-        if ttl <= 0:
-            return
-        name, _, cls = key
+    def _put_rrset(self, name: bytes, type: int, cls: int, owner: bytes, payloads: tuple, ttl: int, rank: Rank, stored_at: float, now: float) -> None:
         index = hash(name) & self._mask
         name_key = (name, _NAME_LEVEL, cls)
         if self._live(index, name_key, now) is not None:
             if rank < Rank.ANSWER:
                 return
             self._remove(index, name_key)
+        key = (name, type, cls)
         old = self._live(index, key, now)
         if old is not None and old.rank > rank:
             return
-        payloads = tuple(group.payloads)
         cost = _ENTRY_OVERHEAD + 2 * sys.getsizeof(name) + sum(map(_payload_cost, payloads))
-        self._put(index, key, _RRset(group.owner, key[1], cls, payloads, ttl, now, rank, cost))
+        self._put(index, key, _RRset(owner, type, cls, payloads, ttl, stored_at, rank, cost))
 
-    def _store_negative(self, key, rcode: int, authority, now: float) -> None:
-        name, _, cls = key
-        soa_rr = _zone_soa(authority, name, cls)
-        if soa_rr is None:
-            return
-        ttl = min(_wire_ttl(soa_rr.ttl), soa_rr.payload.minimum, self._negative_ttl)
-        if ttl <= 0:
-            return
+    def _put_negative(self, name: bytes, type: int | None, cls: int, rcode: int, soa_rr, ttl: int, stored_at: float, now: float) -> None:
         index = hash(name) & self._mask
-        if rcode == dns.OK:
+        if type is None:
+            key = (name, _NAME_LEVEL, cls)
+        else:
+            key = (name, type, cls)
             # NODATA: the name exists, so a name-level NXDOMAIN is out of date.
             self._remove(index, (name, _NAME_LEVEL, cls))
         owner = soa_rr.name.name
         cost = _ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + _payload_cost(soa_rr.payload)
-        self._put(index, key, _Negative(rcode, owner, soa_rr.payload, cls, ttl, now, cost))
+        self._put(index, key, _Negative(rcode, owner, soa_rr.payload, cls, ttl, stored_at, cost))
 
     # -- reading ---------------------------------------------------------
 
@@ -242,7 +257,7 @@ class RRsetCache:
         The live RRset of ``name``/``type``/``cls`` of at least ``min_rank``,
         as new ``RRHeader`` objects with the TTL that remains, or None.
         """
-        name = _normalize(name)
+        name = normalize_name(name)
         index = hash(name) & self._mask
         entries = self._shards[index]
         now = self._reactor.seconds()
@@ -262,7 +277,7 @@ class RRsetCache:
         A live cached negative answer for ``name``/``type``: ``(dns.ENAME, soa)``
         for NXDOMAIN, ``(dns.OK, soa)`` for NODATA, the SOA counted down; or None.
         """
-        name = _normalize(name)
+        name = normalize_name(name)
         index = hash(name) & self._mask
         entries = self._shards[index]
         now = self._reactor.seconds()
@@ -300,7 +315,7 @@ class RRsetCache:
             self._sizes = [0] * len(self._shards)
             return removed
         if name is not None:
-            name = _normalize(name)
+            name = normalize_name(name)
         if name is None or subtree:
             indexes = range(len(self._shards))
         else:
@@ -365,6 +380,87 @@ class RRsetCache:
             self._sizes[index] -= entry.cost
 
 
+@attrs.frozen
+class LearnedRRset:
+    """
+    An RRset an upstream reply teaches: its key (``name`` lowercased without
+    the trailing dot), the owner as received, the payloads, the lowest
+    member TTL as RFC 2181 reads it (not yet bounded by any cache's
+    ``min_ttl``/``max_ttl``), and the rank of the section it came from.
+    """
+
+    name: bytes
+    type: int
+    cls: int
+    owner: bytes
+    payloads: tuple
+    ttl: int
+    rank: Rank
+
+
+@attrs.frozen
+class LearnedNegative:
+    """
+    A negative answer an upstream reply teaches (RFC 2308): NXDOMAIN for
+    every type of ``name`` (``type`` None) or NODATA for ``type``, with the
+    zone's SOA record and ``min(SOA TTL, SOA MINIMUM)`` as ``ttl`` (not yet
+    bounded by any cache's ``negative_ttl``).
+    """
+
+    name: bytes
+    type: int | None
+    cls: int
+    rcode: int
+    soa: dns.RRHeader
+    ttl: int
+
+
+def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additional) -> list:
+    """
+    What an upstream reply to ``query`` teaches, in the order a cache should
+    store it: :class:`LearnedRRset` items of the additional, authority and
+    answer sections (only the answers on the question's CNAME chain, at
+    answer rank), then at most one :class:`LearnedNegative`.  The rules are
+    the module's (grouping, ranking, RFC 2308); every L2 store shares them.
+    """
+    qtype, qcls = query.type, query.cls
+    if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
+        return []
+    qname = normalize_name(query.name.name)
+    learned: list = []
+    for rank, section in ((Rank.ADDITIONAL, additional), (Rank.AUTHORITY, authority)):
+        for (name, type, cls), group in _group(section).items():
+            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, rank))
+
+    groups = _group(answers)
+    chain, complete = _follow_chain(groups, qname, qtype, qcls)
+    last = chain[-1]
+    on_chain = frozenset(chain)
+    for (name, type, cls), group in groups.items():
+        if cls != qcls or name not in on_chain:
+            continue
+        if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
+            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, Rank.ANSWER))
+
+    if complete:
+        if rcode == dns.ENAME:
+            negative = _learn_negative(last, None, qcls, dns.ENAME, authority)
+        elif (last, qtype, qcls) not in groups:
+            negative = _learn_negative(last, qtype, qcls, dns.OK, authority)
+        else:
+            negative = None
+        if negative is not None:
+            learned.append(negative)
+    return learned
+
+
+def _learn_negative(name: bytes, type: int | None, cls: int, rcode: int, authority) -> LearnedNegative | None:
+    soa_rr = _zone_soa(authority, name, cls)
+    if soa_rr is None:
+        return None
+    return LearnedNegative(name, type, cls, rcode, soa_rr, min(_wire_ttl(soa_rr.ttl), soa_rr.payload.minimum))
+
+
 @attrs.define
 class _Group:
     """The records of one RRset as they arrive: owner as received, payloads, lowest TTL."""
@@ -381,7 +477,7 @@ def _group(section) -> dict:
         if rr.type in _NOT_CACHED_TYPES or rr.payload is None:
             continue
         owner = rr.name.name
-        key = (_normalize(owner), rr.type, rr.cls)
+        key = (normalize_name(owner), rr.type, rr.cls)
         ttl = _wire_ttl(rr.ttl)
         group = groups.get(key)
         if group is None:
@@ -406,7 +502,7 @@ def _follow_chain(groups: dict, qname: bytes, qtype: int, qcls: int) -> tuple[li
         group = groups.get((chain[-1], dns.CNAME, qcls))
         if group is None:
             return chain, True
-        target = _normalize(group.payloads[0].name.name)
+        target = normalize_name(group.payloads[0].name.name)
         if target in seen:
             return chain, False
         seen.add(target)
@@ -419,7 +515,7 @@ def _zone_soa(authority, name: bytes, cls: int):
     for rr in authority:
         if rr.type != dns.SOA or rr.cls != cls:
             continue
-        zone = _normalize(rr.name.name)
+        zone = normalize_name(rr.name.name)
         if not zone or name == zone or name.endswith(b"." + zone):
             return rr
     return None
@@ -432,7 +528,7 @@ def _name_matches(key_name: bytes, name: bytes, subtree: bool) -> bool:
     return subtree and (not name or key_name.endswith(b"." + name))
 
 
-def _normalize(name: bytes) -> bytes:
+def normalize_name(name: bytes) -> bytes:
     """Cache key form of a dotted name: lowercase, no trailing dot."""
     return name.lower().rstrip(b".")
 

@@ -1,0 +1,384 @@
+"""
+The shared L2 cache in Redis (mode ``hybrid``): RRsets and negative
+answers every worker of every site can read, in the format of
+:mod:`dnsgo.cache.shared_format` (``docs/redis-format.md``).
+
+Reads count down the TTL from the time the value was stored, by the wall
+clock (``reactor.seconds()``) of whichever worker reads it: the sites need
+synchronised clocks (NTP).  A reader's clock ahead of the writer's ages
+entries early; one behind never makes a TTL grow past the stored one.  An
+entry whose DNS TTL has run out is a miss, but stays in Redis until
+``ceil(ttl * ttl_multiplier)`` seconds after it was written, for
+:meth:`SharedRRsetStore.get_stale` (RFC 8767).
+
+Writes are fire-and-forget: :meth:`SharedRRsetStore.store_reply` applies the
+local cache's rules (:func:`dnsgo.cache.rrset.learn_from_reply`) and queues
+one SET per entry; a few writes are in flight at a time, and when the queue
+is full new writes are dropped and counted.  Nothing here raises into the
+query path: a read that fails or comes back damaged is a miss.
+
+The rank rule across workers: only answer-rank data goes to Redis (the
+RRsets on the question's CNAME chain, and negative answers); authority and
+additional data stay in each worker's local cache.  Every value in Redis
+is then of one rank, so "lower rank never replaces higher" (RFC 2181
+§5.4.1) holds with plain SETs and last writer wins, as it does for equal
+ranks locally, without a read before each write.  Readers ignore values
+of a lower rank, should a later version write them.
+
+Between the entries of one name, the newest wins (values carry the time
+they were stored): a live NXDOMAIN answers only if it is newer than every
+RRset or NODATA entry fetched with it, and an RRset and a NODATA for the
+same type are told apart the same way.  So no write ever needs to delete
+another key, and concurrent writers cannot leave a stale denial in front
+of newer data for the types looked up.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.names import dns
+from twisted.python.failure import Failure
+
+from dnsgo.cache import shared_format as fmt
+from dnsgo.cache.rrset import LearnedRRset, Rank, learn_from_reply, normalize_name
+from dnsgo.cache.shared_format import Entry, Kind
+
+
+@attrs.frozen
+class SharedStats:
+    """
+    The shared store's counters: lookups that found a usable entry
+    (``hits``) or not (``misses``, including those that failed); values
+    that did not decode (``corrupt``); Redis operations that failed
+    (``errors``: unavailable, timed out, refused by the breaker); writes
+    done, dropped for a full queue, queued now and in flight now.
+    """
+
+    hits: int
+    misses: int
+    corrupt: int
+    errors: int
+    writes: int
+    dropped_writes: int
+    queued: int
+    in_flight: int
+
+
+class SharedRRsetStore:
+    """
+    The L2 RRset cache shared through a :class:`~dnsgo.redis.backend.RedisBackend`.
+
+    ``min_ttl``, ``max_ttl`` and ``negative_ttl`` bound what is written,
+    as in :class:`~dnsgo.cache.rrset.RRsetCache` (pass the same values).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        backend,
+        *,
+        key_prefix: str | bytes = "dns:",
+        ttl_multiplier: float = 1.5,
+        write_queue_size: int = 10000,
+        max_in_flight: int = 8,
+        min_ttl: int = 0,
+        max_ttl: int = 86400,
+        negative_ttl: int = 3600,
+        reactor=None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        if ttl_multiplier < 1:
+            raise ValueError(f"ttl_multiplier must be at least 1, not {ttl_multiplier}")
+        if write_queue_size < 1 or max_in_flight < 1:
+            raise ValueError("write_queue_size and max_in_flight must be positive")
+        self._backend = backend
+        self._reactor = reactor
+        self._prefix = key_prefix.encode() if isinstance(key_prefix, str) else key_prefix
+        self._multiplier = ttl_multiplier
+        self._queue_size = write_queue_size
+        self._max_in_flight = max_in_flight
+        self._min_ttl = min_ttl
+        self._max_ttl = max_ttl
+        self._negative_ttl = negative_ttl
+        self._queue: deque = deque()
+        self._in_flight = 0
+        self._pumping = False
+        self._idle_waiters: list[defer.Deferred] = []
+        self._corrupt_logged = False
+        self._encode_logged = False
+        self._hits = self._misses = self._corrupt = self._errors = 0
+        self._writes = self._dropped = 0
+
+    @property
+    def key_prefix(self) -> bytes:
+        """The prefix of every key this store reads and writes."""
+        return self._prefix
+
+    # -- reading ---------------------------------------------------------
+
+    def lookup(self, name: bytes, type: int, cls: int = dns.IN) -> defer.Deferred:
+        """
+        What Redis knows for the question ``name``/``type``/``cls``, in one
+        round trip (MGET of the RRset, NODATA, NXDOMAIN and CNAME keys):
+        fires with the :class:`~dnsgo.cache.shared_format.Entry` that
+        answers it (an RRset of ``type``, a NODATA, an NXDOMAIN) or, failing
+        that, the name's CNAME RRset; or None.  Only live answer-rank
+        entries count.  Never fails.
+        """
+        keys = [
+            fmt.rrset_key(self._prefix, name, type, cls),
+            fmt.nodata_key(self._prefix, name, type, cls),
+            fmt.nxdomain_key(self._prefix, name, cls),
+        ]
+        if type != dns.CNAME:
+            keys.append(fmt.rrset_key(self._prefix, name, dns.CNAME, cls))
+        d = self._read(lambda: self._backend.mget(keys))
+        d.addCallback(self._choose, keys, type, cls)
+        return d
+
+    def get(self, name: bytes, type: int, cls: int = dns.IN) -> defer.Deferred:
+        """Fires with the live RRset of ``name``/``type``/``cls``, TTLs counted down, or None.  Never fails."""
+        d = self.lookup(name, type, cls)
+        d.addCallback(lambda entry: self.headers(entry) if _answers(entry, Kind.RRSET, type) else None)
+        return d
+
+    def get_negative(self, name: bytes, type: int, cls: int = dns.IN) -> defer.Deferred:
+        """
+        Fires with a live negative answer for ``name``/``type``:
+        ``(dns.ENAME, soa)`` for NXDOMAIN, ``(dns.OK, soa)`` for NODATA, the
+        SOA counted down; or None.  Never fails.
+        """
+        d = self.lookup(name, type, cls)
+        d.addCallback(self._negative_of)
+        return d
+
+    def get_stale(self, name: bytes, type: int, cls: int = dns.IN, *, max_stale: float, answer_ttl: int = 30) -> defer.Deferred:
+        """
+        Fires with the RRset of ``name``/``type``/``cls`` even if its DNS
+        TTL ran out less than ``max_stale`` seconds ago (RFC 8767), every
+        TTL ``answer_ttl`` if it did and counted down if not; or None.  The
+        value lasts in Redis ``ttl * (ttl_multiplier - 1)`` seconds past its
+        DNS TTL, so that bounds how stale it can get.  Never fails.
+        """
+        key = fmt.rrset_key(self._prefix, name, type, cls)
+        d = self._read(lambda: self._backend.get(key))
+
+        def stale(value):
+            entry = self._decoded(value, key, Kind.RRSET, type, cls)
+            now = self._reactor.seconds()
+            if entry is None or entry.rank < Rank.ANSWER or -entry.remaining(now) >= max_stale:
+                self._misses += 1
+                return None
+            self._hits += 1
+            if entry.live(now):
+                return entry.headers(now)
+            return [dns.RRHeader(rr.name.name, rr.type, rr.cls, answer_ttl, rr.payload) for rr in entry.records]
+
+        d.addCallback(stale)
+        return d
+
+    def headers(self, entry: Entry) -> list[dns.RRHeader]:
+        """New ``RRHeader`` objects for ``entry``'s records, with the TTL that remains now."""
+        return entry.headers(self._reactor.seconds())
+
+    def _negative_of(self, entry):
+        if entry is None or entry.kind == Kind.RRSET:
+            return None
+        rcode = dns.ENAME if entry.kind == Kind.NXDOMAIN else dns.OK
+        return rcode, self.headers(entry)[0]
+
+    def _read(self, op) -> defer.Deferred:
+        """Run a backend read; a failure becomes ``_FAILED`` (counted), never an errback."""
+        d = defer.maybeDeferred(op)
+        d.addErrback(self._read_failed)
+        return d
+
+    def _read_failed(self, failure: Failure):
+        self._errors += 1
+        return _FAILED
+
+    def _choose(self, values, keys: list[bytes], type: int, cls: int):
+        if values is _FAILED or not isinstance(values, (list, tuple)) or len(values) != len(keys):
+            if values is not _FAILED:
+                self._errors += 1
+            self._misses += 1
+            return None
+        now = self._reactor.seconds()
+        expected = [(Kind.RRSET, type), (Kind.NODATA, dns.SOA), (Kind.NXDOMAIN, dns.SOA), (Kind.RRSET, dns.CNAME)]
+        live = []
+        for value, key, (kind, rtype) in zip(values, keys, expected):
+            entry = self._decoded(value, key, kind, rtype, cls)
+            usable = entry is not None and entry.rank >= Rank.ANSWER and entry.live(now)
+            live.append(entry if usable else None)
+        positive, nodata, nxdomain = live[:3]
+        cname = live[3] if len(live) > 3 else None
+        existing = [e.stored_at for e in (positive, nodata, cname) if e is not None]
+        if nxdomain is not None and all(nxdomain.stored_at > t for t in existing):
+            chosen = nxdomain
+        elif positive is not None and (nodata is None or positive.stored_at >= nodata.stored_at):
+            chosen = positive
+        else:
+            chosen = nodata or cname
+        if chosen is None:
+            self._misses += 1
+        else:
+            self._hits += 1
+        return chosen
+
+    def _decoded(self, value, key: bytes, kind: Kind, rtype: int, cls: int) -> Entry | None:
+        """The entry in ``value`` if it is what ``key`` should hold; damage is counted and is None."""
+        if value is None or value is _FAILED:
+            return None
+        entry = fmt.decode_value(value)
+        if entry is None or entry.kind != kind or entry.records[0].type != rtype or entry.records[0].cls != cls:
+            self._corrupt += 1
+            if not self._corrupt_logged:
+                self._corrupt_logged = True
+                self.log.warn(
+                    "shared cache: value of {key!r} is damaged, of another version or not dnsgo's; "
+                    "treated as a miss (logged once)",
+                    key=key,
+                )
+            return None
+        return entry
+
+    # -- writing ---------------------------------------------------------
+
+    def store_reply(self, query: dns.Query, rcode: int, answers, authority, additional) -> None:
+        """Queue the writes of what an upstream reply to ``query`` teaches (answer rank only).  Never raises."""
+        try:
+            learned = learn_from_reply(query, rcode, answers, authority, additional)
+        except Exception:
+            self._log_encode_failure()
+            return
+        self.store_learned(learned)
+
+    def store_learned(self, learned) -> None:
+        """Queue the writes of :func:`~dnsgo.cache.rrset.learn_from_reply`'s answer-rank items.  Never raises."""
+        now = self._reactor.seconds()
+        prefix = self._prefix
+        for item in learned:
+            try:
+                if isinstance(item, LearnedRRset):
+                    if item.rank < Rank.ANSWER or item.ttl <= 0:
+                        continue
+                    ttl = max(self._min_ttl, min(item.ttl, self._max_ttl))
+                    if ttl <= 0:
+                        continue
+                    key = fmt.rrset_key(prefix, item.name, item.type, item.cls)
+                    headers = [dns.RRHeader(item.owner, item.type, item.cls, ttl, p) for p in item.payloads]
+                    value = fmt.encode_value(Kind.RRSET, now, ttl, item.rank, headers)
+                else:
+                    ttl = min(item.ttl, self._negative_ttl)
+                    if ttl <= 0:
+                        continue
+                    if item.type is None:
+                        key, kind = fmt.nxdomain_key(prefix, item.name, item.cls), Kind.NXDOMAIN
+                    else:
+                        key, kind = fmt.nodata_key(prefix, item.name, item.type, item.cls), Kind.NODATA
+                    value = fmt.encode_value(kind, now, ttl, Rank.ANSWER, [item.soa])
+            except Exception:
+                self._log_encode_failure()
+                continue
+            self._enqueue(key, value, math.ceil(ttl * self._multiplier), item.name, item.type)
+
+    def _log_encode_failure(self) -> None:
+        if not self._encode_logged:
+            self._encode_logged = True
+            self.log.failure("shared cache: could not encode an entry; not written (logged once)")
+
+    def _enqueue(self, key: bytes, value: bytes, expire: int, name: bytes, type: int | None) -> None:
+        if len(self._queue) >= self._queue_size:
+            self._dropped += 1
+            return
+        self._queue.append((key, value, expire, name, type))
+        self._pump()
+
+    def _pump(self) -> None:
+        """Start queued writes up to ``max_in_flight``; re-entry (a write done at once) only returns."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._in_flight < self._max_in_flight and self._queue:
+                key, value, expire, _, _ = self._queue.popleft()
+                self._in_flight += 1
+                d = defer.maybeDeferred(self._backend.set, key, value, expire)
+                d.addBoth(self._written)
+        finally:
+            self._pumping = False
+        if not self._queue and not self._in_flight:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _written(self, result) -> None:
+        self._in_flight -= 1
+        if isinstance(result, Failure):
+            self._errors += 1
+        else:
+            self._writes += 1
+        self._pump()
+
+    def idle(self) -> defer.Deferred:
+        """Fires when no write is queued or in flight (for tests and an orderly stop)."""
+        if not self._queue and not self._in_flight:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
+
+    # -- management ------------------------------------------------------
+
+    def flush(self, name: bytes | None = None, type: int | None = None, subtree: bool = False) -> defer.Deferred:
+        """
+        Remove entries from Redis, with the filters of
+        :meth:`~dnsgo.cache.rrset.RRsetCache.flush`, and the queued writes
+        they cover.  Fires with how many keys were deleted, or fails with
+        :class:`~dnsgo.redis.backend.RedisUnavailable`.
+        """
+        target = None if name is None else normalize_name(name)
+        self._queue = deque(
+            item for item in self._queue if not _flushed(item[3], item[4], target, type, subtree)
+        )
+        self._pump()
+        patterns = fmt.flush_patterns(self._prefix, name, type, subtree)
+        calls = [defer.maybeDeferred(self._backend.delete_matching, pattern) for pattern in patterns]
+        d = defer.gatherResults(calls, consumeErrors=True)
+        d.addCallbacks(sum, lambda f: f.value.subFailure)
+        return d
+
+    def stats(self) -> SharedStats:
+        """The counters now."""
+        return SharedStats(
+            hits=self._hits,
+            misses=self._misses,
+            corrupt=self._corrupt,
+            errors=self._errors,
+            writes=self._writes,
+            dropped_writes=self._dropped,
+            queued=len(self._queue),
+            in_flight=self._in_flight,
+        )
+
+
+#: A read that failed (counted in errors), as opposed to a value that is absent.
+_FAILED = object()
+
+
+def _answers(entry, kind: Kind, type: int) -> bool:
+    return entry is not None and entry.kind == kind and entry.records[0].type == type
+
+
+def _flushed(name: bytes, type: int | None, target: bytes | None, flush_type: int | None, subtree: bool) -> bool:
+    """Whether a queued write of ``name``/``type`` (None: NXDOMAIN) falls under a flush."""
+    if target is not None and name != target:
+        if not subtree or (target and not name.endswith(b"." + target)):
+            return False
+    return flush_type is None or type is None or type == flush_type

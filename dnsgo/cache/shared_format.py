@@ -1,0 +1,295 @@
+"""
+The format of the shared L2 cache in Redis: key names and value bytes,
+version 1.  ``docs/redis-format.md`` is the reference; this module is its
+only implementation, and nothing else builds or reads keys or values.
+
+Keys (``P`` is the configured ``key_prefix``, ``dns:`` by default)::
+
+    P rr:{owner}:type:class     an RRset                 dns:rr:{www.example.com}:1:1
+    P nd:{owner}:type:class     NODATA for that type     dns:nd:{www.example.com}:28:1
+    P nx:{owner}:class          NXDOMAIN, every type     dns:nx:{gone.example.com}:1
+
+``owner`` is the name lowercased (ASCII), without the trailing dot, the
+root written ``.``; every byte other than ``a-z 0-9 - _ .`` is written
+``\\DDD`` (its decimal value, as in zone files), so an owner never holds
+``:``, ``{``, ``}`` or a glob character and every key splits one way only.
+The braces make the owner a Redis Cluster hash tag: all keys of one name
+live in one slot, so the MGET of a lookup goes to one node.
+
+A value::
+
+    offset size
+    0      2    magic b"DG"
+    2      1    format version (1)
+    3      1    kind: 1 RRset, 2 NXDOMAIN, 3 NODATA
+    4      8    stored at, milliseconds since the Unix epoch (u64)
+    12     4    TTL in seconds when stored (u32, below 2**31)
+    16     1    rank (RFC 2181): 3 answer, 2 authority, 1 additional
+    17     2    record count n (u16, at least 1)
+    19     ...  n records in uncompressed wire format: owner, type, class,
+                TTL, rdlength, rdata (for NXDOMAIN and NODATA: the one SOA)
+    end-4  4    CRC-32 of every byte before it (u32)
+
+All integers are big-endian.  :func:`decode_value` returns None for
+anything it cannot vouch for (another program's value, a later version, a
+truncated or flipped value); it never raises.
+"""
+from __future__ import annotations
+
+import enum
+import io
+import struct
+import zlib
+from types import MappingProxyType
+
+import attrs
+from twisted.names import dns
+
+from dnsgo.cache.rrset import Rank, normalize_name
+
+MAGIC = b"DG"
+VERSION = 1
+
+_HEADER = struct.Struct("!2sBBQIBH")
+_CRC = struct.Struct("!I")
+_RR_FIXED = struct.Struct("!HHIH")
+_RDLENGTH = struct.Struct("!H")
+
+#: The record class of each type twisted.names can decode; any other is ``UnknownRecord``.
+_RECORD_CLASSES = MappingProxyType(
+    {cls.TYPE: cls for attr, cls in vars(dns).items() if attr.startswith("Record_") and isinstance(getattr(cls, "TYPE", None), int)}
+)
+
+#: Bytes kept as they are in a key's owner; every other byte is escaped.
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+#: Characters special in Redis glob patterns (SCAN MATCH).
+_GLOB_SPECIAL = frozenset(b"*?[]\\")
+
+
+class Kind(enum.IntEnum):
+    """What a value holds."""
+
+    RRSET = 1
+    NXDOMAIN = 2
+    NODATA = 3
+
+
+@attrs.frozen
+class Entry:
+    """
+    One decoded value: what it holds, when it was stored (seconds since the
+    epoch), its TTL then, its rank, and the records (for a negative entry,
+    the SOA), each with the stored TTL.
+    """
+
+    kind: Kind
+    stored_at: float
+    ttl: int
+    rank: Rank
+    records: tuple
+
+    def remaining(self, now: float) -> int:
+        """
+        The TTL left at ``now``: the stored TTL less the whole seconds since
+        it was stored (never more than the stored TTL, whatever the clocks
+        say).  Zero or less means the DNS TTL has run out.
+        """
+        return self.ttl - int(max(0.0, now - self.stored_at))
+
+    def live(self, now: float) -> bool:
+        """Whether the DNS TTL still runs at ``now``."""
+        return self.remaining(now) > 0
+
+    def headers(self, now: float) -> list[dns.RRHeader]:
+        """New ``RRHeader`` objects for the records, with the TTL that remains at ``now``."""
+        remaining = max(0, self.remaining(now))
+        return [dns.RRHeader(rr.name.name, rr.type, rr.cls, remaining, rr.payload) for rr in self.records]
+
+
+# -- keys ----------------------------------------------------------------
+
+
+def key_owner(name: bytes) -> bytes:
+    """The owner part of a key for a dotted name (any case, trailing dot or not)."""
+    name = normalize_name(name)
+    if not name:
+        return b"."
+    if all(byte in _PLAIN for byte in name):
+        return name
+    return b"".join(bytes((byte,)) if byte in _PLAIN else b"\\%03d" % byte for byte in name)
+
+
+def rrset_key(prefix: bytes, name: bytes, type: int, cls: int) -> bytes:
+    """The key of the RRset of ``name``/``type``/``cls``."""
+    return b"%srr:{%s}:%d:%d" % (prefix, key_owner(name), type, cls)
+
+
+def nodata_key(prefix: bytes, name: bytes, type: int, cls: int) -> bytes:
+    """The key of a NODATA entry for ``name``/``type``/``cls``."""
+    return b"%snd:{%s}:%d:%d" % (prefix, key_owner(name), type, cls)
+
+
+def nxdomain_key(prefix: bytes, name: bytes, cls: int) -> bytes:
+    """The key of an NXDOMAIN entry for ``name`` (every type) in ``cls``."""
+    return b"%snx:{%s}:%d" % (prefix, key_owner(name), cls)
+
+
+@attrs.frozen
+class KeyInfo:
+    """A key taken apart: ``kind``, the dotted name (root ``b''``), type (None for NXDOMAIN), class."""
+
+    kind: Kind
+    name: bytes
+    type: int | None
+    cls: int
+
+
+def parse_key(prefix: bytes, key: bytes) -> KeyInfo | None:
+    """The parts of a key this module built with ``prefix``, or None for any other key."""
+    if not key.startswith(prefix):
+        return None
+    rest = key[len(prefix) :]
+    tag, _, rest = rest.partition(b":{")
+    kinds = {b"rr": Kind.RRSET, b"nd": Kind.NODATA, b"nx": Kind.NXDOMAIN}
+    if tag not in kinds:
+        return None
+    owner, _, rest = rest.partition(b"}:")
+    numbers = rest.split(b":")
+    kind = kinds[tag]
+    if len(numbers) != (1 if kind == Kind.NXDOMAIN else 2) or not all(n.isdigit() for n in numbers):
+        return None
+    name = _unescape_owner(owner)
+    if name is None:
+        return None
+    if kind == Kind.NXDOMAIN:
+        return KeyInfo(kind, name, None, int(numbers[0]))
+    return KeyInfo(kind, name, int(numbers[0]), int(numbers[1]))
+
+
+def _unescape_owner(owner: bytes) -> bytes | None:
+    if owner == b".":
+        return b""
+    out = bytearray()
+    i = 0
+    while i < len(owner):
+        byte = owner[i]
+        if byte == 0x5C:  # backslash
+            digits = owner[i + 1 : i + 4]
+            if len(digits) != 3 or not digits.isdigit() or int(digits) > 255:
+                return None
+            out.append(int(digits))
+            i += 4
+        elif byte in _PLAIN:
+            out.append(byte)
+            i += 1
+        else:
+            return None
+    return bytes(out) if out else None
+
+
+def flush_patterns(prefix: bytes, name: bytes | None = None, type: int | None = None, subtree: bool = False) -> list[bytes]:
+    """
+    The Redis glob patterns (for SCAN MATCH) of the keys a flush removes:
+    everything under ``prefix``; the keys of ``name`` (and, with
+    ``subtree``, of every name below it); those of ``type``; or both.  As
+    in the local cache, a flush by type also removes the NXDOMAIN entries of
+    the names it covers, since they answer every type.
+    """
+    p = _glob_escape(prefix)
+    if name is None or (subtree and not normalize_name(name)):
+        owners = [b"*"]
+    else:
+        owner = _glob_escape(key_owner(name))
+        owners = [owner, b"*." + owner] if subtree else [owner]
+    t = b"*" if type is None else b"%d" % type
+    patterns = []
+    for owner in owners:
+        patterns += [b"%srr:{%s}:%s:*" % (p, owner, t), b"%snd:{%s}:%s:*" % (p, owner, t), b"%snx:{%s}:*" % (p, owner)]
+    return patterns
+
+
+def _glob_escape(text: bytes) -> bytes:
+    return b"".join(b"\\" + bytes((c,)) if c in _GLOB_SPECIAL else bytes((c,)) for c in text)
+
+
+# -- values --------------------------------------------------------------
+
+
+def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records) -> bytes:
+    """
+    The value bytes of an entry: ``records`` (``dns.RRHeader`` objects, each
+    written with ``ttl``) stored at ``stored_at`` (seconds since the epoch).
+    Raises ``ValueError`` for what the format cannot hold.
+    """
+    records = list(records)
+    if not 0 < ttl < 2**31:
+        raise ValueError(f"TTL out of range: {ttl}")
+    if not 0 < len(records) < 2**16:
+        raise ValueError(f"record count out of range: {len(records)}")
+    body = io.BytesIO()
+    body.write(_HEADER.pack(MAGIC, VERSION, kind, max(0, round(stored_at * 1000)), ttl, rank, len(records)))
+    for rr in records:
+        rr.name.encode(body, None)
+        body.write(_RR_FIXED.pack(rr.type, rr.cls, ttl, 0))
+        start = body.tell()
+        rr.payload.encode(body, None)
+        end = body.tell()
+        if end - start >= 2**16:
+            raise ValueError(f"rdata too long: {end - start} bytes")
+        body.seek(start - 2)
+        body.write(_RDLENGTH.pack(end - start))
+        body.seek(end)
+    data = body.getvalue()
+    return data + _CRC.pack(zlib.crc32(data))
+
+
+def decode_value(data: bytes) -> Entry | None:
+    """
+    The entry a value holds, or None if it is not a version-1 value of this
+    format, or is damaged in any way.  Never raises.
+    """
+    try:
+        return _decode(data)
+    except Exception:
+        return None
+
+
+def _decode(data: bytes) -> Entry | None:
+    if not isinstance(data, bytes) or len(data) < _HEADER.size + _CRC.size:
+        return None
+    magic, version, kind, stored_ms, ttl, rank, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION:
+        return None
+    end = len(data) - _CRC.size
+    if _CRC.unpack_from(data, end)[0] != zlib.crc32(memoryview(data)[:end]):
+        return None
+    if kind not in _KINDS or rank not in _RANKS or not 0 < ttl < 2**31 or count == 0:
+        return None
+    kind = Kind(kind)
+    if kind != Kind.RRSET and count != 1:
+        return None
+    stream = io.BytesIO(data[:end])
+    stream.seek(_HEADER.size)
+    records = []
+    for _ in range(count):
+        rr = dns.RRHeader()
+        rr.decode(stream)
+        start = stream.tell()
+        rr.payload = _RECORD_CLASSES.get(rr.type, dns.UnknownRecord)(ttl=rr.ttl)
+        rr.payload.decode(stream, rr.rdlength)
+        if stream.tell() != start + rr.rdlength:
+            return None
+        records.append(rr)
+    if stream.tell() != end:
+        return None
+    first = records[0]
+    if any(rr.type != first.type or rr.cls != first.cls for rr in records):
+        return None
+    if kind != Kind.RRSET and first.type != dns.SOA:
+        return None
+    return Entry(kind, stored_ms / 1000.0, ttl, Rank(rank), tuple(records))
+
+
+_KINDS = frozenset(Kind)
+_RANKS = frozenset(Rank)

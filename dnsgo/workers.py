@@ -55,17 +55,19 @@ def worker_name(index: int) -> str:
     return f"worker-{index}"
 
 
-def worker_args(index: int, config_path: str | None, executable: str | None = None) -> list[str]:
+def worker_args(index: int, config_path: str | None, control: str, executable: str | None = None) -> list[str]:
     """
-    The command line of worker ``index``: ``twistd -n dnsgo`` with the
-    supervisor's configuration file (made absolute) and ``--worker-index``.
+    The command line of worker ``index``: ``twistd -n dnsgo worker``
+    registering with the supervisor's control plane at ``control``
+    (host:port) under the name ``worker-N``, with the supervisor's
+    configuration file (made absolute) for its ``server`` section.
     """
     if executable is None:
         executable = sys.executable
-    args = [executable, "-c", _TWISTD, "-n", "--pidfile=", "dnsgo"]
+    args = [executable, "-c", _TWISTD, "-n", "--pidfile=", "dnsgo", "worker",
+            "--control-plane", control, "--worker-id", worker_name(index)]
     if config_path is not None:
         args += ["--config", os.path.abspath(config_path)]
-    args += ["--worker-index", str(index)]
     return args
 
 
@@ -211,20 +213,26 @@ class WorkerSupervisor(service.MultiService):
         *,
         environ: Mapping[str, str] | None = None,
         executable: str | None = None,
+        control=None,
         reactor=None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         super().__init__()
         self.config = config
+        self._config_path = config_path
+        self._executable = executable
+        self._env = dict(os.environ if environ is None else environ)
+        #: The control plane (a dnsgo.roles.ControlRoot) the workers register
+        #: with; started before them, stopped after them.
+        self.control = control
+        if control is not None:
+            control.setServiceParent(self)
         self.monitor = _Monitor(reactor)
         self.monitor.setName("workers")
         self.monitor.setServiceParent(self)
-        env = dict(os.environ if environ is None else environ)
         count = config.server.num_workers
         self.names = [worker_name(i) for i in range(1, count + 1)]
-        for index, name in enumerate(self.names, 1):
-            self.monitor.addProcess(name, worker_args(index, config_path, executable), env=env)
 
     def workers(self) -> list[WorkerProcess]:
         """Every worker, in order, with its current pid and restart count."""
@@ -247,7 +255,18 @@ class WorkerSupervisor(service.MultiService):
             address=str(listen),
             tcp="+tcp" if self.config.server.enable_tcp else "",
         )
-        super().startService()
+        if self.control is not None:
+            self.control.startService()
+            address = f"127.0.0.1:{self.control.control.bound_port}"
+        else:
+            address = "127.0.0.1:0"
+        for index, name in enumerate(self.names, 1):
+            if name not in self.monitor.processes:
+                self.monitor.addProcess(
+                    name, worker_args(index, self._config_path, address, self._executable), env=self._env
+                )
+        service.Service.startService(self)
+        self.monitor.startService()
 
     def setServiceParent(self, parent):
         if hasattr(parent, "setComponent"):

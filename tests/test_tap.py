@@ -134,7 +134,10 @@ class RunTests(unittest.TestCase):
         port = free_port()
         path = os.path.abspath(self.mktemp())
         with open(path, "w") as f:
-            f.write(f'server:\n  listen_address: "127.0.0.1:{port}"\nupstreams: ["127.0.0.1:{auth.port}"]\n')
+            f.write(
+                f'server:\n  listen_address: "127.0.0.1:{port}"\nupstreams: ["127.0.0.1:{auth.port}"]\n'
+                'api:\n  listen_address: "127.0.0.1:0"\n'
+            )
         proto, transport = run_twistd(["-n", "--pidfile=", "dnsgo", "--config", path], marker=b"DNS listening")
         self.addCleanup(self._kill, transport)
         yield proto.seen
@@ -152,12 +155,12 @@ class RunTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_embedded_default_listens_on_5353(self):
         """Without --config, dnsgo listens on 127.0.0.1 port 5353."""
-        try:
-            free = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            free.bind(("127.0.0.1", 5353))
-            free.close()
-        except OSError:
-            raise unittest.SkipTest("127.0.0.1:5353 is in use on this machine")
+        for kind, port in ((socket.SOCK_DGRAM, 5353), (socket.SOCK_STREAM, 5353), (socket.SOCK_STREAM, 8080)):
+            try:
+                with socket.socket(socket.AF_INET, kind) as free:
+                    free.bind(("127.0.0.1", port))
+            except OSError:
+                raise unittest.SkipTest(f"127.0.0.1:{port} is in use on this machine")
         proto, transport = run_twistd(["-n", "--pidfile=", "dnsgo"], marker=b"DNS listening")
         self.addCleanup(self._kill, transport)
         out = yield proto.seen

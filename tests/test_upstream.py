@@ -8,7 +8,8 @@ UDP and TCP sockets on 127.0.0.1 against small fake upstream servers.
 import struct
 import time
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError, reactor
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -421,8 +422,14 @@ class RealSocketTests(TestCase):
     @defer.inlineCallbacks
     def test_truncated_then_tcp(self):
         """TC=1 over UDP makes the pool ask the same server over TCP and return the full answer."""
-        udp = self.udp_upstream(answering(trunc=True, address=None))
-        tcp = self.tcp_upstream(answering(address="192.0.2.77"), udp.address[1])
+        for _ in range(20):
+            # UDP picks a free port; TCP may find the same number taken.
+            udp = self.udp_upstream(answering(trunc=True, address=None))
+            try:
+                tcp = self.tcp_upstream(answering(address="192.0.2.77"), udp.address[1])
+                break
+            except CannotListenError:
+                continue
         pool, _ = self.make_pool([udp])
         reply = yield pool.query(QNAME, dns.A)
         self.assertEqual((reply.via_tcp, address_of(reply)), (True, "192.0.2.77"))

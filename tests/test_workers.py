@@ -42,7 +42,7 @@ def make_config(port: int, workers: int, extra: str = ""):
     """A configuration listening on 127.0.0.1:``port`` with ``workers`` workers."""
     return parse_config(
         f'server:\n  listen_address: "127.0.0.1:{port}"\n  num_workers: {workers}\n'
-        f'upstreams: ["127.0.0.1:53"]\n{extra}',
+        f'upstreams: ["127.0.0.1:53"]\napi:\n  listen_address: "127.0.0.1:0"\n{extra}',
         "<test>",
         {},
     )
@@ -123,33 +123,35 @@ class WorkerArgsTests(unittest.SynchronousTestCase):
     """The command line of a worker process."""
 
     def test_runs_twistd_dnsgo_in_the_foreground_without_pidfile(self):
-        """A worker is this Python running twistd -n, without a pid file, then the dnsgo plugin."""
-        args = worker_args(2, "/etc/dnsgo.yaml", executable="/usr/bin/python3")
+        """A worker is this Python running twistd -n, without a pid file, then ``dnsgo worker`` registering with the supervisor's control plane."""
+        args = worker_args(2, "/etc/dnsgo.yaml", "127.0.0.1:4000", executable="/usr/bin/python3")
         self.assertEqual(args[0], "/usr/bin/python3")
         self.assertEqual(args[1], "-c")
         self.assertIn("from twisted.scripts.twistd import run; run()", args[2])
         self.assertEqual(
-            args[3:], ["-n", "--pidfile=", "dnsgo", "--config", "/etc/dnsgo.yaml", "--worker-index", "2"]
+            args[3:],
+            ["-n", "--pidfile=", "dnsgo", "worker", "--control-plane", "127.0.0.1:4000",
+             "--worker-id", "worker-2", "--config", "/etc/dnsgo.yaml"],
         )
 
     def test_default_executable_is_this_python(self):
         """Without an executable, workers run under sys.executable."""
-        self.assertEqual(worker_args(1, None)[0], sys.executable)
+        self.assertEqual(worker_args(1, None, "127.0.0.1:1")[0], sys.executable)
 
     def test_relative_config_path_is_made_absolute(self):
         """A relative --config path is resolved against the supervisor's directory."""
-        args = worker_args(1, "conf/dnsgo.yaml")
+        args = worker_args(1, "conf/dnsgo.yaml", "127.0.0.1:1")
         self.assertEqual(args[args.index("--config") + 1], os.path.join(os.getcwd(), "conf", "dnsgo.yaml"))
 
     def test_no_config_means_no_config_option(self):
         """With the embedded default the worker gets no --config either."""
-        args = worker_args(3, None)
+        args = worker_args(3, None, "127.0.0.1:1")
         self.assertNotIn("--config", args)
-        self.assertEqual(args[-2:], ["--worker-index", "3"])
+        self.assertEqual(args[-2:], ["--worker-id", "worker-3"])
 
     def test_the_command_is_valid_python(self):
         """The -c program compiles (a typo there would kill every worker at start)."""
-        compile(worker_args(1, None)[2], "<worker>", "exec")
+        compile(worker_args(1, None, "127.0.0.1:1")[2], "<worker>", "exec")
 
 
 class CheckCanListenTests(unittest.SynchronousTestCase):
@@ -214,7 +216,7 @@ class WorkerSupervisorTests(unittest.SynchronousTestCase):
         self.assertEqual(sup.names, ["worker-1", "worker-2", "worker-3"])
         self.assertEqual(len(self.clock.spawned), 3)
         for index, process in enumerate(self.clock.spawned, 1):
-            self.assertEqual(process.args, worker_args(index, "/etc/dnsgo.yaml", "/py"))
+            self.assertEqual(process.args, worker_args(index, "/etc/dnsgo.yaml", "127.0.0.1:0", "/py"))
             self.assertEqual(process.env, {"SITE": "a"})
         self.assertEqual(
             sup.workers(),
@@ -238,7 +240,7 @@ class WorkerSupervisorTests(unittest.SynchronousTestCase):
         self.assertEqual(sup.workers()[0], WorkerProcess("worker-1", None, 0))
         self.assertIn("worker-1 (pid 1001) was killed by signal 9; restarting in 0s", texts(events))
         self.clock.advance(0)
-        again = self.clock.running("--worker-index")[-1]
+        again = self.clock.running("--worker-id")[-1]
         self.assertEqual(again.args, first.args)
         self.assertEqual(sup.workers(), [WorkerProcess("worker-1", 1003, 1), WorkerProcess("worker-2", 1002, 0)])
         self.assertIn("worker-1 restarted (pid 1003, restart 1)", texts(events))
@@ -375,15 +377,14 @@ class MakeServiceTests(unittest.SynchronousTestCase):
         self.assertIsInstance(root, WorkerSupervisor)
         self.assertEqual(root.names, ["worker-1", "worker-2", "worker-3"])
 
-    def test_worker_index_makes_a_server(self):
-        """A worker (--worker-index) is a server even though num_workers is above 1."""
-        self.assertIsInstance(makeService(self.options(3, "--worker-index", "2")), ServerRoot)
-
-    def test_worker_index_must_be_a_number(self):
-        """--worker-index takes an integer."""
+    def test_worker_subcommand_needs_a_control_plane(self):
+        """``dnsgo worker`` without --control-plane or $CONTROL_PLANE_ADDRESS is a usage error."""
         from twisted.python import usage
 
-        self.assertRaises(usage.UsageError, self.options, 2, "--worker-index", "two")
+        from dnsgo.tap import Options as TapOptions
+
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "CONTROL_PLANE_ADDRESS"})
+        self.assertRaises(usage.UsageError, TapOptions().parseOptions, ["worker"])
 
 
 class ReusePortTests(unittest.TestCase):
@@ -486,7 +487,7 @@ class SupervisorRunTests(unittest.TestCase):
         with open(path, "w") as f:
             f.write(
                 f'server:\n  listen_address: "127.0.0.1:{port}"\n  num_workers: {workers}\n'
-                f'upstreams: ["127.0.0.1:{self.auth.port}"]\n{extra}'
+                f'upstreams: ["127.0.0.1:{self.auth.port}"]\napi:\n  listen_address: "127.0.0.1:0"\n{extra}'
             )
         out = Output()
         transport = reactor.spawnProcess(

@@ -1,0 +1,282 @@
+"""
+Building one serving process: the caches, the resolver chain, the listeners,
+the invalidator and (in hybrid mode) the shared cache, under a
+:class:`ServerRoot`.  The roles (:mod:`dnsgo.roles`) put these roots
+together with the control plane and the management API.
+"""
+import os
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from dnsgo.stats import Identity, default_worker_id, now_wall
+
+
+class Caches:
+    """The local caches of one server process: L1 messages, L2 RRsets, remembered failures."""
+
+    def __init__(self, messages, rrsets, negative_ttl: int, failures=None) -> None:
+        self.messages = messages
+        self.rrsets = rrsets
+        self.negative_ttl = negative_ttl
+        self.failures = failures
+
+
+def build_caches(cache_config, on_prefetch=None, reactor=None) -> Caches:
+    """L1 and L2 per the ``cache`` section (negative caching off means a 0 s negative TTL)."""
+    from dnsgo.cache.failures import FailureCache
+    from dnsgo.cache.message import MessageCache
+    from dnsgo.cache.rrset import RRsetCache
+
+    neg = cache_config.negative_cache.ttl if cache_config.negative_cache.enabled else 0
+    mc, rc = cache_config.message_cache, cache_config.rrset_cache
+    pf, stale = cache_config.prefetch, cache_config.serve_stale
+    messages = MessageCache(
+        max_size_mb=mc.max_size_mb,
+        num_shards=mc.num_shards,
+        min_ttl=mc.min_ttl,
+        max_ttl=mc.max_ttl,
+        negative_ttl=neg,
+        max_stale=stale.max_stale if stale.enabled else 0.0,
+        prefetch_hits=pf.threshold_hits if pf.enabled else None,
+        prefetch_ttl_pct=pf.threshold_ttl_pct,
+        on_prefetch=on_prefetch,
+        reactor=reactor,
+    )
+    rrsets = RRsetCache(
+        max_size_mb=rc.max_size_mb,
+        num_shards=rc.num_shards,
+        min_ttl=mc.min_ttl,
+        max_ttl=mc.max_ttl,
+        negative_ttl=neg,
+        reactor=reactor,
+    )
+    return Caches(messages, rrsets, neg, FailureCache(reactor=reactor))
+
+
+class ServerRoot(service.MultiService):
+    """
+    One serving dnsgo process: its child services plus the parts the
+    management API, the control client and tests look at.
+
+    Attached to a twistd application, it installs the ``logging`` section's
+    observer there, which twistd then uses.
+    """
+
+    log = Logger()
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.infra = self.pool = self.handler = self.caches = None
+        self.identity: Identity | None = None
+        self.dns_service = None
+        self.invalidator = None
+        self.backend = None
+        self.shared_store = None
+
+    def setServiceParent(self, parent):
+        from twisted.logger import ILogObserver
+
+        from dnsgo.logs import make_observer
+
+        if hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        return super().setServiceParent(parent)
+
+    def shared_snapshot(self) -> dict | None:
+        """The shared cache's part of the stats snapshot (None outside hybrid mode)."""
+        if self.backend is None:
+            return None
+        import attrs
+
+        status = attrs.asdict(self.backend.status())
+        stats = attrs.asdict(self.shared_store.stats()) if self.shared_store is not None else {}
+        return {**status, **stats}
+
+    def invalidation_snapshot(self) -> dict:
+        """The invalidator's counters for the snapshot."""
+        import attrs
+
+        return attrs.asdict(self.invalidator.stats())
+
+    def shared_cache_status(self) -> defer.Deferred:
+        """The API's ``sharedCache`` object, or None outside hybrid mode."""
+        from dnsgo.shared_status import shared_cache_status
+
+        return shared_cache_status(self.config, self.backend, self.shared_store)
+
+    def clear_local(self, cache_types, name=None, type=None, subtree=False) -> int:
+        """Drop matching entries from this process's L1 and/or L2 (no shared store, no publishing)."""
+        from dnsgo.invalidation import Flush, apply_locally
+
+        return apply_locally(Flush(name, type, subtree, frozenset(cache_types)), self.caches)
+
+    def clear_caches(self, target, cache_types, name=None, type=None, subtree=False) -> defer.Deferred:
+        """
+        The API's clear for a single process: ``all`` goes through the
+        invalidator (so pub/sub peers and the shared store hear of it),
+        ``worker`` clears this process only, ``shared`` the shared store only.
+        Fires with {results, sharedCleared}.
+        """
+        from dnsgo.invalidation import Flush, SharedFlushFailed
+
+        flush = Flush(name, type, subtree, frozenset(cache_types))
+        me = self.identity.worker_id
+        shared_wanted = self.shared_store is not None and "rrset" in flush.caches and target in ("all", "shared")
+        if target == "shared":
+            if self.shared_store is None:
+                return defer.succeed({"results": [], "sharedCleared": False})
+            d = self.shared_store.flush(flush.dotted_name(), flush.qtype, flush.subtree)
+            d.addCallbacks(lambda _: {"results": [], "sharedCleared": True},
+                           lambda f: {"results": [], "sharedCleared": False})
+            return d
+        if target == "worker":
+            self.clear_local(flush.caches, name, type, subtree)
+            return defer.succeed({"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
+                                  "sharedCleared": False})
+        d = self.invalidator.invalidate(flush)
+
+        def done(_):
+            return {"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
+                    "sharedCleared": shared_wanted}
+
+        def failed(failure):
+            failure.trap(SharedFlushFailed)
+            return {"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
+                    "sharedCleared": False}
+
+        d.addCallbacks(done, failed)
+        return d
+
+
+def identity_for(config, environ=None) -> Identity:
+    """This process's worker id, cluster name and DNS address."""
+    environ = os.environ if environ is None else environ
+    return Identity(
+        worker_id=config.server.worker_id or environ.get("WORKER_ID", "") or default_worker_id(),
+        cluster_name=config.server.cluster_name or environ.get("SITE_ID", ""),
+        address=str(config.server.listen_address),
+        started_at=now_wall(),
+    )
+
+
+def build_service(config, reactor=None, reuse_port: bool = False, environ=None) -> ServerRoot:
+    """
+    The whole server for ``config``: DNS listeners over the resolver chain
+    with L1, L2 (local, or local + Redis in hybrid mode) and the forwarder.
+    ``reuse_port`` lets several worker processes share the listen address.
+    """
+    from dnsgo.acl import ClientFilter
+    from dnsgo.cache.infra import InfraCache
+    from dnsgo.cache.rrset_resolver import RRsetResolver, fill_from_reply
+    from dnsgo.handler import QueryHandler
+    from dnsgo.invalidation import build_invalidator, unique_origin_id
+    from dnsgo.resolve import Chain, ForwardingResolver
+    from dnsgo.server import DNSService
+    from dnsgo.upstream import UpstreamPool
+
+    root = ServerRoot(config)
+    root.identity = identity_for(config, environ)
+    infra = InfraCache([(a.host, a.port) for a in config.upstreams], reactor=reactor)
+    up = config.upstream
+    pool = UpstreamPool(
+        infra,
+        timeout=up.timeout,
+        retries=up.retries,
+        strategy=up.strategy,
+        parallel_count=up.parallel_count,
+        udp_size=config.server.edns_udp_size,
+        reactor=reactor,
+    )
+    caches = build_caches(config.cache, on_prefetch=lambda q: root.handler.prefetch(q), reactor=reactor)
+    if config.cache.mode == "hybrid":
+        from dnsgo.cache.shared_resolver import HybridRRsetResolver, fill_hybrid
+
+        root.backend, root.shared_store = build_shared(config, reactor=reactor)
+        l2 = HybridRRsetResolver(caches.rrsets, root.shared_store)
+        on_reply = fill_hybrid(caches.rrsets, root.shared_store)
+        root.addService(_BackendService(root.backend))
+    else:
+        l2 = RRsetResolver(caches.rrsets)
+        on_reply = fill_from_reply(caches.rrsets)
+    forwarder = ForwardingResolver(pool, on_reply=on_reply, failures=caches.failures)
+    handler = QueryHandler(
+        Chain([l2, forwarder]),
+        ClientFilter(config.server.allow),
+        edns_udp_size=config.server.edns_udp_size,
+        message_cache=caches.messages,
+        refresher=forwarder,
+        serve_stale=config.cache.serve_stale,
+        negative_ttl=caches.negative_ttl,
+        query_log=config.logging.query_log,
+        reactor=reactor,
+    )
+    root.invalidator = build_invalidator(
+        config.cache.invalidation,
+        caches,
+        origin_id=unique_origin_id(root.identity.worker_id),
+        backend=root.backend,
+        shared_store=root.shared_store,
+        send=lambda flush: defer.succeed(None),
+        reactor=reactor,
+    )
+    if isinstance(root.invalidator, service.Service):
+        root.invalidator.setServiceParent(root)
+    listen = config.server.listen_address
+    dns_service = DNSService(
+        handler,
+        listen.host,
+        listen.port,
+        enable_tcp=config.server.enable_tcp,
+        reuse_port=reuse_port,
+        tcp_idle_timeout=config.server.tcp_idle_timeout,
+        tcp_max_connections=config.server.tcp_max_connections,
+        reactor=reactor,
+    )
+    dns_service.setName("dns")
+    dns_service.setServiceParent(root)
+    root.dns_service = dns_service
+    root.infra = infra
+    root.pool = pool
+    root.handler = handler
+    root.caches = caches
+    return root
+
+
+def build_shared(config, reactor=None):
+    """The Redis backend and the shared RRset store of hybrid mode."""
+    from dnsgo.cache.shared import SharedRRsetStore
+    from dnsgo.config import secret_password
+    from dnsgo.redis.factory import build_backend
+
+    shared = config.cache.shared_cache
+    mc = config.cache.message_cache
+    backend = build_backend(shared, secret_password(shared), reactor=reactor)
+    neg = config.cache.negative_cache.ttl if config.cache.negative_cache.enabled else 0
+    store = SharedRRsetStore(
+        backend,
+        key_prefix=shared.key_prefix,
+        ttl_multiplier=shared.ttl_multiplier,
+        min_ttl=mc.min_ttl,
+        max_ttl=mc.max_ttl,
+        negative_ttl=neg,
+        reactor=reactor,
+    )
+    return backend, store
+
+
+class _BackendService(service.Service):
+    """Starts and stops a Redis backend with the process (start never fails)."""
+
+    def __init__(self, backend) -> None:
+        self._backend = backend
+
+    def startService(self) -> None:
+        super().startService()
+        self._backend.start()
+
+    def stopService(self):
+        super().stopService()
+        return self._backend.stop()

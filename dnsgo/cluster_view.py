@@ -1,0 +1,104 @@
+"""
+What the management API sees: the workers, their snapshots, the shared
+cache, and how to clear caches.  :class:`LocalClusterView` is a single
+process that is its own (only) worker; the control plane provides a view
+over its registered workers (:class:`ControlClusterView`).
+"""
+import attrs
+from twisted.internet import defer
+
+from dnsgo.stats import worker_snapshot
+
+_L2_TYPE = {"redis": "redis", "redis-sentinel": "redis-sentinel", "redis-cluster": "redis-cluster"}
+_REPLICATION = {"redis": "none", "redis-sentinel": "sentinel", "redis-cluster": "cluster"}
+
+
+def architecture(config) -> dict:
+    """The seed's ``architecture`` object, from the configuration."""
+    cache = config.cache
+    hybrid = cache.mode == "hybrid"
+    shared_type = cache.shared_cache.type
+    features = ["two-level-cache"]
+    if cache.negative_cache.enabled:
+        features.append("negative-caching")
+    if cache.prefetch.enabled:
+        features.append("prefetch")
+    if cache.serve_stale.enabled:
+        features.append("serve-stale")
+    if cache.invalidation.strategy in ("pubsub", "broadcast"):
+        features.append("distributed-invalidation")
+    if hybrid:
+        description = f"Hybrid mode: Local L1 message cache + Shared L2 {shared_type}"
+    elif cache.mode == "local-only":
+        description = "Local-only mode: Local L1 message cache + Local L2 RRset cache per worker"
+    else:
+        description = "Standalone mode: Local L1 message cache + Local L2 RRset cache"
+    return {
+        "description": description,
+        "l1Type": "local-message-cache",
+        "l2Type": _L2_TYPE[shared_type] if hybrid else "local-rrset-cache",
+        "replication": _REPLICATION[shared_type] if hybrid else "none",
+        "invalidation": cache.invalidation.strategy,
+        "features": features,
+    }
+
+
+@attrs.frozen
+class LocalWorker:
+    """This process, as a worker of its own cluster view."""
+
+    worker_id: str
+    cluster_name: str
+    address: str
+    status: str
+    last_heartbeat: float | None
+    snapshot: dict | None
+
+
+class LocalClusterView:
+    """The management API's view of a single serving process."""
+
+    def __init__(self, root, reactor=None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self._root = root
+        self._reactor = reactor
+
+    def mode(self) -> str:
+        return self._root.config.cache.mode
+
+    def architecture(self) -> dict:
+        return architecture(self._root.config)
+
+    def ready(self) -> bool:
+        return bool(self._root.running and self._root.dns_service is not None and self._root.dns_service.running)
+
+    def workers(self) -> list:
+        ident = self._root.identity
+        return [
+            LocalWorker(
+                worker_id=ident.worker_id,
+                cluster_name=ident.cluster_name,
+                address=ident.address,
+                status="healthy" if self.ready() else "unhealthy",
+                last_heartbeat=self._reactor.seconds(),
+                snapshot=worker_snapshot(self._root, self._reactor),
+            )
+        ]
+
+    def shared_cache(self) -> defer.Deferred:
+        return self._root.shared_cache_status()
+
+    def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
+        own = self._root.identity.worker_id
+        if worker_ids:
+            unknown = sorted(set(worker_ids) - {own})
+            if unknown:
+                raise KeyError(unknown)
+        return self._root.clear_caches(target, cache_types, name, type, subtree)
+
+    def upstreams(self) -> list:
+        return [
+            {"workerId": self._root.identity.worker_id,
+             "upstreams": [attrs.asdict(u) for u in self._root.infra.snapshot()]}
+        ]

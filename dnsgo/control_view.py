@@ -1,0 +1,64 @@
+"""
+The management API's view of a control plane: the registered workers and
+their heartbeat snapshots, clears sent over the control channel, and the
+shared cache read from Redis.
+"""
+from twisted.internet import defer
+
+from dnsgo.cluster_view import architecture
+from dnsgo.shared_status import shared_cache_status
+
+
+class ControlClusterView:
+    """ClusterView over a :class:`dnsgo.roles.ControlRoot`."""
+
+    def __init__(self, root, reactor=None) -> None:
+        self._root = root
+
+    def mode(self) -> str:
+        return self._root.config.cache.mode
+
+    def architecture(self) -> dict:
+        return architecture(self._root.config)
+
+    def ready(self) -> bool:
+        control = self._root.control
+        return bool(control.running and any(w.status == "healthy" for w in self._root.registry.workers()))
+
+    def workers(self) -> list:
+        return self._root.registry.workers()
+
+    def shared_cache(self) -> defer.Deferred:
+        return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store)
+
+    def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
+        control = self._root.control
+        store = self._root.shared_store
+        caches = sorted(cache_types)
+        want_shared = store is not None and "rrset" in caches and target in ("all", "shared")
+        if target == "worker":
+            d = control.clear_cache(list(worker_ids or []), caches, name=name, type=type, subtree=subtree)
+        elif target == "all":
+            d = control.clear_cache(None, caches, name=name, type=type, subtree=subtree)
+        else:
+            d = defer.succeed([])
+
+        def shared(results):
+            if not want_shared:
+                return {"results": results, "sharedCleared": False}
+            from dnsgo.invalidation import Flush
+
+            flush = Flush(name, type, subtree, frozenset(caches))
+            s = store.flush(flush.dotted_name(), flush.qtype, flush.subtree)
+            s.addCallbacks(lambda _: {"results": results, "sharedCleared": True},
+                           lambda _f: {"results": results, "sharedCleared": False})
+            return s
+
+        d.addCallback(shared)
+        return d
+
+    def upstreams(self) -> list:
+        return [
+            {"workerId": w.worker_id, "upstreams": (w.snapshot or {}).get("upstreams", [])}
+            for w in self._root.registry.workers()
+        ]

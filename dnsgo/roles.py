@@ -1,0 +1,278 @@
+"""
+The three ways to run dnsgo, put together from the building blocks:
+
+* **standalone** (``twistd dnsgo``): one serving process with the API, or,
+  with ``server.num_workers`` above 1, a supervisor that runs a control
+  plane on a loopback port, the API, and that many worker processes;
+* **control** (``twistd dnsgo control``): the control channel and the API;
+* **worker** (``twistd dnsgo worker``): registers with a control plane,
+  receives its configuration, then serves DNS.
+"""
+import os
+
+import attrs
+from twisted.application import internet, service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from dnsgo.assemble import build_service, identity_for
+from dnsgo.cluster_view import LocalClusterView, architecture
+from dnsgo.config import ConfigError, api_token, parse_config
+
+log = Logger(namespace="dnsgo.roles")
+
+
+class StartupError(Exception):
+    """A role cannot start; the message says why (no traceback is shown)."""
+
+
+def api_service(config, view, reactor=None, environ=None):
+    """The management API on ``api.listen_address``, or None when disabled."""
+    if not config.api.enabled:
+        return None
+    from twisted.web.server import Site
+
+    from dnsgo.api import ManagementAPI, check_listen_allowed
+
+    try:
+        token = api_token(config.api, environ if environ is not None else os.environ)
+    except ConfigError as e:
+        raise StartupError(e.report()) from None
+    listen = config.api.listen_address
+    try:
+        check_listen_allowed(listen.host, token)
+    except ValueError as e:
+        raise StartupError(f"api.listen_address: {e}") from None
+    site = Site(ManagementAPI(view, token=token, reactor=reactor).resource())
+    site.displayTracebacks = False
+    site.noisy = False
+    api = internet.TCPServer(listen.port, site, interface=listen.host)
+    api.setName("api")
+    return api
+
+
+def build_standalone(config, config_path, reactor=None):
+    """``twistd dnsgo``: one process serving DNS and the API, or a supervisor of workers."""
+    if config.server.num_workers > 1:
+        return build_supervisor(config, config_path, reactor=reactor)
+    root = build_service(config, reactor=reactor)
+    api = api_service(config, LocalClusterView(root, reactor=reactor), reactor=reactor)
+    if api is not None:
+        api.setServiceParent(root)
+    return root
+
+
+def _config_text(config_path) -> str:
+    if config_path is None:
+        return ""
+    with open(config_path, encoding="utf-8") as f:
+        return f.read()
+
+
+class ControlRoot(service.MultiService):
+    """The control plane's services plus what its API needs."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.registry = self.control = None
+        self.backend = self.shared_store = None
+
+    def setServiceParent(self, parent):
+        from twisted.logger import ILogObserver
+
+        from dnsgo.logs import make_observer
+
+        if hasattr(parent, "setComponent") and parent.getComponent(ILogObserver, None) is None:
+            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        return super().setServiceParent(parent)
+
+
+def build_control(config, config_path, *, host=None, port=None, heartbeat_interval=None, reactor=None,
+                  with_api: bool = True) -> ControlRoot:
+    """``twistd dnsgo control``: the control channel, the API, and (hybrid) a Redis view of the shared cache."""
+    from dnsgo.control.registry import WorkerRegistry
+    from dnsgo.control.server import ControlService
+    from dnsgo.control_view import ControlClusterView
+
+    root = ControlRoot(config)
+    text = _config_text(config_path)
+    root.registry = WorkerRegistry(config.control.heartbeat_timeout, reactor=reactor)
+    address = config.control.grpc_address
+    root.control = ControlService(
+        root.registry,
+        lambda registration: text,
+        host=host if host is not None else address.host,
+        port=port if port is not None else address.port,
+        heartbeat_interval=heartbeat_interval,
+        reactor=reactor,
+    )
+    root.control.setName("control")
+    if config.cache.mode == "hybrid":
+        from dnsgo.assemble import _BackendService, build_shared
+
+        root.backend, root.shared_store = build_shared(config, reactor=reactor)
+        _BackendService(root.backend).setServiceParent(root)
+    root.control.setServiceParent(root)
+    if with_api:
+        view = ControlClusterView(root, reactor=reactor)
+        api = api_service(config, view, reactor=reactor)
+        if api is not None:
+            api.setServiceParent(root)
+    return root
+
+
+def build_supervisor(config, config_path, reactor=None):
+    """
+    ``num_workers`` > 1: a control plane on a loopback port, the API over it,
+    and the worker processes (``twistd dnsgo worker``) under procmon.
+    """
+    from dnsgo.workers import WorkerSupervisor
+
+    control = build_control(config, config_path, host="127.0.0.1", port=0, heartbeat_interval=1.0,
+                            reactor=reactor)
+    supervisor = WorkerSupervisor(config, config_path, control=control, reactor=reactor)
+    return supervisor
+
+
+def merge_worker_config(control_text: str, local_config, environ, *, worker_id=None, cluster_name=None):
+    """
+    The configuration a worker runs: the control plane's, with the worker's
+    own ``server`` section when it has a local file, one process, and its
+    identity.
+    """
+    config = parse_config(control_text, "<control plane>", environ)
+    server = local_config.server if local_config is not None else config.server
+    server = attrs.evolve(
+        server,
+        num_workers=1,
+        worker_id=worker_id or server.worker_id or environ.get("WORKER_ID", ""),
+        cluster_name=cluster_name or server.cluster_name or environ.get("SITE_ID", ""),
+    )
+    return attrs.evolve(config, server=server)
+
+
+class WorkerRoot(service.MultiService):
+    """A worker process: the control client, and the server once configured."""
+
+    log = Logger(namespace="dnsgo.worker")
+
+    def __init__(self, local_config, environ, *, worker_id, cluster_name, reactor) -> None:
+        super().__init__()
+        self.local_config = local_config
+        self.environ = environ
+        self.worker_id = worker_id
+        self.cluster_name = cluster_name
+        self.reactor = reactor
+        self.server = None
+        self.client = None
+
+    def setServiceParent(self, parent):
+        from twisted.logger import ILogObserver
+
+        from dnsgo.logs import make_observer
+
+        if hasattr(parent, "setComponent"):
+            logging = self.local_config.logging if self.local_config is not None else None
+            if logging is None:
+                from dnsgo.config import LoggingConfig
+
+                logging = LoggingConfig()
+            parent.setComponent(ILogObserver, make_observer(logging))
+        return super().setServiceParent(parent)
+
+    def apply_config(self, text: str):
+        """The first configuration from the control plane: build and start the server."""
+        try:
+            config = merge_worker_config(text, self.local_config, self.environ,
+                                         worker_id=self.worker_id, cluster_name=self.cluster_name)
+        except ConfigError as e:
+            self.log.error("configuration from the control plane is invalid:\n{report}", report=e.report())
+            raise ValueError(e.report()) from None
+        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ)
+        self.server.setServiceParent(self)
+        return None
+
+    def reload_config(self, text: str):
+        """A new configuration: start a new server beside the old (SO_REUSEPORT), then stop the old."""
+        try:
+            config = merge_worker_config(text, self.local_config, self.environ,
+                                         worker_id=self.worker_id, cluster_name=self.cluster_name)
+        except ConfigError as e:
+            raise ValueError(e.report()) from None
+        old = self.server
+        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ)
+        self.server.setServiceParent(self)
+        if old is not None:
+            return defer.maybeDeferred(old.disownServiceParent).addCallback(lambda _: True)
+        return True
+
+    def clear(self, request: dict) -> dict:
+        """A ClearCache command: drop matching entries here."""
+        if self.server is None:
+            return {"cleared": 0, "caches": sorted(request["caches"])}
+        count = self.server.clear_local(request["caches"], request.get("name"), request.get("type"),
+                                        request.get("subtree", False))
+        return {"cleared": count, "caches": sorted(request["caches"])}
+
+    def snapshot(self) -> dict:
+        """The stats snapshot for heartbeats."""
+        from dnsgo.stats import worker_snapshot
+
+        if self.server is None:
+            return {"workerId": self.worker_id, "serving": False}
+        return worker_snapshot(self.server, self.reactor)
+
+
+def build_worker(control_address: str, local_config, *, worker_id=None, cluster_name=None, environ=None,
+                 reactor=None) -> WorkerRoot:
+    """``twistd dnsgo worker``: register with the control plane, then serve what it configures."""
+    import dnsgo
+    from dnsgo.config import parse_address
+    from dnsgo.control.client import ControlClient
+
+    if reactor is None:
+        from twisted.internet import reactor
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        control = parse_address(control_address, ip_only=False)
+    except ValueError as e:
+        raise StartupError(f"control plane address {control_address!r}: {e}") from None
+    if local_config is not None:
+        ident = identity_for(local_config, environ)
+        worker_id = worker_id or ident.worker_id
+        cluster_name = cluster_name or ident.cluster_name
+        dns_address = str(local_config.server.listen_address)
+    else:
+        from dnsgo.stats import default_worker_id
+
+        worker_id = worker_id or environ.get("WORKER_ID") or default_worker_id()
+        cluster_name = cluster_name or environ.get("SITE_ID", "")
+        dns_address = ""
+    root = WorkerRoot(local_config, environ, worker_id=worker_id, cluster_name=cluster_name, reactor=reactor)
+
+    def stop():
+        reactor.callLater(0, reactor.stop)
+
+    root.client = ControlClient(
+        control.host,
+        control.port,
+        worker_id=worker_id,
+        cluster_name=cluster_name,
+        dns_address=dns_address,
+        version=dnsgo.__version__,
+        snapshot=root.snapshot,
+        on_config=root.apply_config,
+        on_clear=root.clear,
+        on_reload=root.reload_config,
+        on_shutdown=stop,
+        reactor=reactor,
+    )
+    root.client.setServiceParent(root)
+
+    def failed(failure):
+        log.failure("no usable configuration from the control plane; stopping", failure)
+        stop()
+
+    root.client.ready.addErrback(failed)
+    return root

@@ -9,7 +9,8 @@ import struct
 import time
 
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError, reactor
+from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.testing import StringTransport
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase

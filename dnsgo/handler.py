@@ -25,6 +25,9 @@ _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
 
 TCP_LIMIT = 65535
 
+#: How many distinct parsed queries the handler remembers (about 300 bytes each).
+_PARSED_LIMIT = 16384
+
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")
 
@@ -71,10 +74,25 @@ class QueryHandler:
         self._query_log = query_log
         self.counters: Counter = Counter()
         self.stats = QueryStats()
+        self._parsed: dict[bytes, wire.QueryInfo] = {}
 
     def handle(self, data: bytes, client: str, tcp: bool = False):
         """Answer ``data`` from ``client`` (an IP string)."""
         started = perf_counter()
+        # Clients repeat the same query bytes but for the ID, and validity
+        # does not depend on the ID: a parsed, ordinary query is remembered
+        # under the bytes after its ID, and its hits only need the ID copied.
+        q = self._parsed.get(data[2:])
+        if q is not None and self._filter.allowed(client):
+            if self._query_log:
+                self._log_query(q, client, tcp)
+            hit = self._cache.lookup(q)
+            if hit is not None:
+                return self._counted(self._finish(data[:2] + hit[2:], q, tcp), q.qtype, tcp, started)
+            q = q._replace(id=(data[0] << 8) | data[1])
+            d = self._miss(q, tcp)
+            d.addCallback(self._counted, q.qtype, tcp, started)
+            return d
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
@@ -93,6 +111,10 @@ class QueryHandler:
             self._log_query(q, client, tcp)
         cache = self._cache
         if cache is not None:
+            parsed = self._parsed
+            if len(parsed) >= _PARSED_LIMIT:
+                parsed.clear()
+            parsed[data[2:]] = q
             hit = cache.lookup(q)
             if hit is not None:
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)

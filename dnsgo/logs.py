@@ -22,6 +22,10 @@ _SOCKET_NOISE = re.compile(r"^(?:\S+ starting on \d+|\(UDP Port \d+ Closed\))$")
 
 def drop_socket_noise(event) -> PredicateResult:
     """Filter predicate: drop Twisted's per-socket "starting on N" / "Port N Closed" lines."""
+    message = event.get("message")
+    if message and len(message) == 1 and isinstance(message[0], str):
+        # The legacy log.msg form udp.Port uses: decided without formatting.
+        return PredicateResult.no if _SOCKET_NOISE.match(message[0]) else PredicateResult.maybe
     if event.get("log_level") in (None, LogLevel.info) and "log_failure" not in event:
         try:
             text = formatEvent(event)
@@ -41,4 +45,4 @@ def make_observer(logging_config, out=None) -> ILogObserver:
     else:
         base = textFileLogObserver(out)
     levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(logging_config.level))
-    return FilteringLogObserver(base, [levels, drop_socket_noise])
+    return FilteringLogObserver(base, [drop_socket_noise, levels])

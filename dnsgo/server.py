@@ -22,6 +22,16 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
 
     def __init__(self, handler) -> None:
         self._handler = handler
+        self._sendto = None
+
+    def startProtocol(self) -> None:
+        # Replies go straight to the socket: the addresses come from
+        # recvfrom, so udp.Port.write's per-datagram address checks (three
+        # isIPAddress calls) are wasted on the hot path.
+        self._sendto = self.transport.socket.sendto
+
+    def stopProtocol(self) -> None:
+        self._sendto = None
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
@@ -31,15 +41,22 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
             reply = self._handler.servfail(data)
         if reply is None:
             return
-        if isinstance(reply, bytes):
-            self.transport.write(reply, addr)
+        if type(reply) is bytes:
+            self._send(reply, addr)
             return
         reply.addCallback(self._send, addr)
         reply.addErrback(self._late_failure, data, addr)
 
     def _send(self, reply: bytes, addr) -> None:
-        if self.transport is not None:
-            self.transport.write(reply, addr)
+        sendto = self._sendto
+        if sendto is None:
+            return
+        try:
+            sendto(reply, addr)
+        except OSError:
+            # A full socket buffer (EAGAIN) or an unreachable client: UDP
+            # replies are best effort, and the client will retry.
+            pass
 
     def _late_failure(self, failure, data: bytes, addr) -> None:
         self.log.failure("unexpected error answering {addr}", failure, addr=addr)

@@ -181,3 +181,37 @@ class StreamTests(unittest.TestCase):
         proto, transport = self.connect()
         proto.dataReceived(struct.pack("!H", 3) + b"abc")
         self.assertTrue(transport.disconnecting)
+
+
+class ParsedQueryMemoTests(unittest.TestCase):
+    """Repeated query bytes skip parsing but keep their own ID."""
+
+    def test_repeated_bytes_get_their_own_ids(self):
+        """The same question sent with IDs 1, 2, 3: every reply carries its query's ID, and two are L1 hits."""
+        from dnsgo.cache.message import MessageCache
+
+        clock = task.Clock()
+        rr = tdns.RRHeader(b"www.example.test", tdns.A, ttl=60, payload=tdns.Record_A("192.0.2.1", 60))
+        cache = MessageCache(max_size_mb=1, num_shards=1, reactor=clock)
+        h = QueryHandler(Chain([_Resolver(([rr], [], []))]), ClientFilter(["127.0.0.0/8"]),
+                         message_cache=cache, reactor=clock)
+        wire_q = bytearray(query_bytes())
+        for qid in (1, 2, 3):
+            wire_q[0:2] = qid.to_bytes(2, "big")
+            reply = h.handle(bytes(wire_q), "127.0.0.1")
+            if isinstance(reply, defer.Deferred):
+                reply = self.successResultOf(reply)
+            self.assertEqual(dns.message.from_wire(reply).id, qid)
+        self.assertEqual((cache.stats().hits, cache.stats().misses), (2, 1))
+
+    def test_memo_respects_allow_list(self):
+        """A remembered query from a client outside server.allow is still refused."""
+        h = QueryHandler(Chain([_Resolver(([], [], []))]), ClientFilter(["127.0.0.0/8"]),
+                         message_cache=__import__("dnsgo.cache.message", fromlist=["x"]).MessageCache(
+                             max_size_mb=1, num_shards=1, reactor=task.Clock()),
+                         reactor=task.Clock())
+        data = query_bytes()
+        first = h.handle(data, "127.0.0.1")
+        if isinstance(first, defer.Deferred):
+            self.successResultOf(first)
+        self.assertEqual(rcode_of(h.handle(data, "10.1.2.3")), dns.rcode.REFUSED)

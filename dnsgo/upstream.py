@@ -61,7 +61,9 @@ import secrets
 import struct
 
 import attrs
-from twisted.internet import defer
+from twisted.internet import base, defer, udp
+from twisted.internet.error import CannotListenError
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
 from twisted.internet.protocol import DatagramProtocol
 from twisted.names import dns
@@ -185,6 +187,17 @@ class UpstreamPool:
         self._endpoints = {server: _ServerAddress.of(server) for server in infra.servers}
         self._pending: dict[tuple, _Resolution] = {}
         self.stats = UpstreamStats()
+        if isinstance(reactor, PosixReactorBase):
+            self._listen_udp = self._quiet_port
+        else:
+            self._listen_udp = lambda proto, interface, size: reactor.listenUDP(
+                0, proto, interface=interface, maxPacketSize=size
+            )
+
+    def _quiet_port(self, proto, interface: str, size: int) -> "_QuietPort":
+        port = _QuietPort(0, proto, interface, size, self._reactor)
+        port.startListening()
+        return port
 
     def query(
         self, qname: bytes, qtype: int, qclass: int = 1, *, do: bool = False, cd: bool = False
@@ -410,11 +423,10 @@ class _Exchange:
         pool._infra.started(self.server)
         pool.stats.sent += 1
         try:
-            self._port = pool._reactor.listenUDP(
-                0,
+            self._port = pool._listen_udp(
                 _UDPClient(self),
-                interface="::" if self.address.ipv6 else "0.0.0.0",
-                maxPacketSize=max(8192, pool._udp_size),
+                "::" if self.address.ipv6 else "0.0.0.0",
+                max(8192, pool._udp_size),
             )
             self._port.connect(self.address.host, self.address.port)
             self._port.write(self._new_query())
@@ -562,6 +574,38 @@ class _Exchange:
         tcp = self._tcp
         if tcp is not None and tcp.transport is not None:
             tcp.transport.abortConnection()
+
+
+class _QuietPort(udp.Port):
+    """
+    A udp.Port that does not log its opening and closing: the pool opens
+    one per upstream exchange, and those two log lines per query cost more
+    than the exchange itself.
+    """
+
+    def _bindSocket(self) -> None:
+        skt = self.createInternetSocket()
+        try:
+            skt.bind((self.interface, self.port))
+        except OSError as le:
+            skt.close()
+            raise CannotListenError(self.interface, self.port, le)
+        self._realPortNumber = skt.getsockname()[1]
+        self.connected = 1
+        self.socket = skt
+        self.fileno = self.socket.fileno
+
+    def connectionLost(self, reason=None) -> None:
+        self._realPortNumber = None
+        self.maxThroughput = -1
+        base.BasePort.connectionLost(self, reason)
+        self.protocol.doStop()
+        self.socket.close()
+        del self.socket
+        del self.fileno
+        if hasattr(self, "d"):
+            self.d.callback(None)
+            del self.d
 
 
 class _UDPClient(DatagramProtocol):

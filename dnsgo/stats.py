@@ -99,7 +99,7 @@ def worker_snapshot(root, reactor=None) -> dict:
         "pid": os.getpid(),
         "startedAt": ident.started_at,
         "now": reactor.seconds(),
-        "serving": root.running,
+        "serving": bool(root.running),  # Service.running is 0/1
         "mode": root.config.cache.mode,
         "messageCache": cache_stats_dict(caches.messages.stats()),
         "rrsetCache": cache_stats_dict(caches.rrsets.stats()),

@@ -17,6 +17,9 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+#: The configuration's level names, as Twisted's levels.
+_LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warning": LogLevel.warn, "error": LogLevel.error}
+
 _SOCKET_NOISE = re.compile(r"^(?:\S+ starting on \d+|\(UDP Port \d+ Closed\))$")
 
 
@@ -44,5 +47,5 @@ def make_observer(logging_config, out=None) -> ILogObserver:
         base = jsonFileLogObserver(out)
     else:
         base = textFileLogObserver(out)
-    levels = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(logging_config.level))
+    levels = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[logging_config.level])
     return FilteringLogObserver(base, [drop_socket_noise, levels])

@@ -77,12 +77,9 @@ class ServerRoot(service.MultiService):
         self.shared_store = None
 
     def setServiceParent(self, parent):
-        from twisted.logger import ILogObserver
+        from dnsgo.logs import install_observer
 
-        from dnsgo.logs import make_observer
-
-        if hasattr(parent, "setComponent"):
-            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        install_observer(parent, self.config.logging)
         return super().setServiceParent(parent)
 
     def shared_snapshot(self) -> dict | None:

@@ -49,3 +49,13 @@ def make_observer(logging_config, out=None) -> ILogObserver:
         base = textFileLogObserver(out)
     levels = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[logging_config.level])
     return FilteringLogObserver(base, [drop_socket_noise, levels])
+
+
+def install_observer(parent, logging_config) -> None:
+    """
+    Give a twistd application (``parent``) the observer for
+    ``logging_config``, unless it already has one; twistd uses it when it
+    starts logging.  Anything else as parent is left alone.
+    """
+    if hasattr(parent, "setComponent") and parent.getComponent(ILogObserver, None) is None:
+        parent.setComponent(ILogObserver, make_observer(logging_config))

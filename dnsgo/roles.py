@@ -79,12 +79,9 @@ class ControlRoot(service.MultiService):
         self.backend = self.shared_store = None
 
     def setServiceParent(self, parent):
-        from twisted.logger import ILogObserver
+        from dnsgo.logs import install_observer
 
-        from dnsgo.logs import make_observer
-
-        if hasattr(parent, "setComponent") and parent.getComponent(ILogObserver, None) is None:
-            parent.setComponent(ILogObserver, make_observer(self.config.logging))
+        install_observer(parent, self.config.logging)
         return super().setServiceParent(parent)
 
 
@@ -168,17 +165,10 @@ class WorkerRoot(service.MultiService):
         self.client = None
 
     def setServiceParent(self, parent):
-        from twisted.logger import ILogObserver
+        from dnsgo.config import LoggingConfig
+        from dnsgo.logs import install_observer
 
-        from dnsgo.logs import make_observer
-
-        if hasattr(parent, "setComponent"):
-            logging = self.local_config.logging if self.local_config is not None else None
-            if logging is None:
-                from dnsgo.config import LoggingConfig
-
-                logging = LoggingConfig()
-            parent.setComponent(ILogObserver, make_observer(logging))
+        install_observer(parent, self.local_config.logging if self.local_config is not None else LoggingConfig())
         return super().setServiceParent(parent)
 
     def apply_config(self, text: str):

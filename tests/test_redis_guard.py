@@ -228,6 +228,15 @@ class GuardTests(SynchronousTestCase):
         self.assertEqual(guard.timeouts, 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_no_connection_at_all_is_not_retried(self):
+        """The pool's NotConnected (no connection is up) fails at once: its reconnects run on their own clock."""
+        from dnsgo.redis.pool import NotConnected
+
+        d = self.guard.read(self.op(NotConnected("not connected: connection refused")))
+        self.failureResultOf(d, RedisUnavailable)
+        self.assertEqual(self.calls, [0.0])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
     def test_other_errors_are_not_retried(self):
         """A Redis error reply (not a connection problem) fails at once, without retries."""
         d = self.guard.write(self.op(txredisapi.ResponseError("WRONGTYPE")))

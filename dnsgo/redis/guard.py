@@ -102,6 +102,12 @@ class Guard:
 def _retryable(failure) -> bool:
     import txredisapi
 
+    from dnsgo.redis.pool import NotConnected
+
+    if failure.check(NotConnected):
+        # The pool has no connection at all; it reconnects on its own
+        # schedule, so a retry 8 ms later would only add latency.
+        return False
     return bool(failure.check(txredisapi.ConnectionError, ConnectionError, OSError))
 
 

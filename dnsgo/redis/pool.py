@@ -31,6 +31,10 @@ from twisted.logger import Logger
 HostPort = tuple[str, int]
 
 
+class NotConnected(txredisapi.ConnectionError):
+    """No connection is up right now: retrying within a request's deadline is pointless."""
+
+
 def new_protocol() -> txredisapi.BaseRedisProtocol:
     """A txredisapi protocol that keeps values as bytes (``b"12"`` stays bytes)."""
     return txredisapi.RedisProtocol(charset=None, convertNumbers=False)
@@ -196,7 +200,7 @@ class RedisPool:
         """A live connection (round-robin); raises ``txredisapi.ConnectionError`` when none is up."""
         live = self._live
         if not live:
-            raise txredisapi.ConnectionError(f"not connected: {self.last_error or 'connecting'}")
+            raise NotConnected(f"not connected: {self.last_error or 'connecting'}")
         return live[next(self._turn) % len(live)]
 
     def reconnect(self) -> None:

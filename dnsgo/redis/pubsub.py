@@ -48,7 +48,9 @@ class ResubscribingSubscriber:
     gets each message's bytes; ``on_reconnect`` is called each time the
     subscription is re-established after the first time (not on the first).
     Call :meth:`start` to begin and :meth:`stop` to end.  Never logs the
-    password.
+    password.  ``quiet`` (a callable, optional) says when the owner already
+    speaks for the server (its connection pool is down and logs that): a
+    failure to subscribe then logs nothing, so one cause gives one line.
     """
 
     log = Logger()
@@ -65,6 +67,7 @@ class ResubscribingSubscriber:
         max_delay: float = 2.0,
         connect_timeout: float = 2.0,
         ping_interval: float = 5.0,
+        quiet: Callable[[], bool] | None = None,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -79,6 +82,7 @@ class ResubscribingSubscriber:
         self._max_delay = max_delay
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
+        self._quiet = quiet
 
         self._running = False
         self._attempt = 0
@@ -200,7 +204,7 @@ class ResubscribingSubscriber:
         if not self._running or failure.check(defer.CancelledError):
             return
         self.last_error = describe_failure(failure)
-        if not self._failing:
+        if not self._failing and not (self._quiet is not None and self._quiet()):
             self._failing = True
             self.log.warn("shared cache: cannot subscribe to {channel} at {server}: {why}; retrying",
                           channel=self.channel.decode("ascii", "replace"), server=self.server,

@@ -500,6 +500,8 @@ class SentinelRedis:
             try:
                 role = role_name((yield self._connector.ask_server(address, "ROLE")))
             except Exception as e:
+                if not self._running:  # stop() cancelled this discovery: ask no one else
+                    raise defer.CancelledError() from e
                 reason = describe_error(e)
                 problems.append(f"master {address_text(address)}: {reason}")
                 if _is_auth_problem(reason):
@@ -532,6 +534,8 @@ class SentinelRedis:
         return d.addCallbacks(lambda reply: usable_replicas(reply, master), lambda _: None)
 
     def _discovered(self, topology: Topology, reason: str, switch_messages: int) -> None:
+        if not self._running:  # finished after stop(): open nothing
+            return
         if self.switch_messages != switch_messages and topology.master != self._master:
             # a +switch-master arrived while this discovery ran: it may have seen the old view
             self._schedule_check(self._refresh_interval, "refresh")

@@ -118,9 +118,14 @@ class SingleRedis:
     def subscribe(
         self, channel: bytes, on_message: Callable[[bytes], None], on_reconnect: Callable[[], None]
     ) -> ResubscribingSubscriber:
-        """Subscribe to ``channel``, staying subscribed across reconnects (see ResubscribingSubscriber)."""
+        """
+        Subscribe to ``channel``, staying subscribed across reconnects (see
+        ResubscribingSubscriber).  While the pool has no connection, the
+        pool's log line speaks for the server and the subscriber adds none.
+        """
         subscription = ResubscribingSubscriber(self._address, channel, on_message, on_reconnect,
-                                               password=self._password, reactor=self._reactor)
+                                               password=self._password, reactor=self._reactor,
+                                               quiet=lambda: self._started and not self._pool.connected)
         self._subscriptions.append(subscription)
         subscription.start()
         return subscription

@@ -312,6 +312,30 @@ class OutageTests(_Case):
         self.assertEqual(self.redis_cli("GET", "after"), "2")
 
     @defer.inlineCallbacks
+    def test_reconnect_closes_the_breaker_before_its_probe(self):
+        """
+        After a long outage the breaker's probe may be far off; the pool's
+        reconnection closes it at once, so the shared cache is used again
+        within about a second of Redis coming back.
+        """
+        breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60.0, max_reset_timeout=60.0)
+        guard = Guard(breaker, read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT)
+        backend = SingleRedis(("127.0.0.1", self.server.port), password=self.client_password, pool_size=2,
+                              guard=guard)
+        self.addCleanup(backend.stop)
+        yield backend.start()
+        self.server.kill()
+        yield self.assertFailure(backend.get(b"k"), RedisUnavailable)
+        self.assertEqual(breaker.state, "open")
+        self.server.start()
+        deadline = time.monotonic() + 5
+        while breaker.state != "closed" and time.monotonic() < deadline:
+            yield sleep(0.05)
+        self.assertEqual(breaker.state, "closed")
+        yield backend.set(b"after", b"3", 60)
+        self.assertEqual(self.redis_cli("GET", "after"), "3")
+
+    @defer.inlineCallbacks
     def test_hung_redis_times_out(self):
         """A Redis that accepts but never answers (SIGSTOP) fails reads at the read timeout, not before."""
         import signal

@@ -146,11 +146,13 @@ class RedisPool:
         connect_timeout: float = 2.0,
         initial_delay: float = 0.1,
         max_delay: float = 2.0,
+        on_usable: "Callable[[], None] | None" = None,
         reactor=None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self._reactor = reactor
+        self._on_usable = on_usable
         self._address = address if callable(address) else (lambda: address)
         self._password = password
         self._database = database
@@ -268,6 +270,8 @@ class RedisPool:
         if self._failing:
             self._failing = False
             self.log.info("shared cache: Redis at {server} is usable again", server=self.server)
+            if self._on_usable is not None:
+                self._on_usable()
         self._fill()
         self._settle(None)  # last: it runs the caller's code, which may stop the pool
 

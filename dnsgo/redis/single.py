@@ -49,8 +49,12 @@ class SingleRedis:
         self._password = password
         self._guard = guard
         self._started = False
+        # A pool that reconnected after an outage closes the breaker at once,
+        # rather than leaving the shared cache unused until the breaker's
+        # (backed-off) probe.
         self._pool = RedisPool(self._address, password=password, database=database, size=pool_size,
-                               connect_timeout=connect_timeout, reactor=reactor)
+                               connect_timeout=connect_timeout, on_usable=guard.breaker.succeeded,
+                               reactor=reactor)
         self._subscriptions: list[ResubscribingSubscriber] = []
 
     def __repr__(self) -> str:

@@ -215,6 +215,19 @@ class ApplyLocallyTests(SynchronousTestCase):
         left = set(ENTRIES) - {("www.example.com", dns.A), ("www.example.com", dns.AAAA)}
         self.assertEqual(remaining(self.caches), (left, left))
 
+    def test_batch_equals_one_by_one(self):
+        """A batch (one L1 scan) leaves exactly what applying its flushes one at a time leaves."""
+        from dnsgo.invalidation import apply_batch_locally
+
+        batch = [Flush("www.example.com", "AAAA"), Flush("example.org"),
+                 Flush("example.com", subtree=True, caches="message")]
+        other = make_caches(self.clock)
+        fill_all(other)
+        one_by_one = sum(apply_locally(f, other) for f in batch)
+        self.assertEqual(apply_batch_locally(batch, self.caches), one_by_one)
+        self.assertEqual(remaining(self.caches), remaining(other))
+        self.assertNotEqual(remaining(self.caches), (set(ENTRIES), set(ENTRIES)))
+
     def test_name_and_type(self):
         """A name+type flush drops only that type of that name."""
         removed = apply_locally(Flush("www.example.com", "AAAA"), self.caches)

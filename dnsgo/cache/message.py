@@ -348,28 +348,52 @@ class MessageCache:
 
         ``name`` is a wire-format name; it is compared case-insensitively.
         """
+        return self.flush_many([(name, qtype, subtree)])
+
+    def flush_many(self, flushes) -> int:
+        """
+        Apply several ``(name, qtype, subtree)`` flushes (as :meth:`flush`
+        takes them) in one pass over the entries, and return how many went:
+        a batch of flushes costs one scan, not one scan each.
+        """
         removed = 0
-        if name is None and qtype is None:
-            for index, shard in enumerate(self._shards):
-                removed += len(shard)
-                shard.clear()
-                self._sizes[index] = 0
-            return removed
-        if name is not None:
+        if not flushes:
+            return 0
+        exact: dict[bytes, list] = {}
+        below: list[tuple[bytes, bytes | None]] = []
+        everything_of_type: set = set()
+        for name, qtype, subtree in flushes:
+            type_bytes = None if qtype is None else _U16.pack(qtype)
+            if name is None:
+                if type_bytes is None:
+                    for index, shard in enumerate(self._shards):
+                        removed += len(shard)
+                        shard.clear()
+                        self._sizes[index] = 0
+                    return removed
+                everything_of_type.add(type_bytes)
+                continue
             name = name.lower()
-        type_bytes = None if qtype is None else _U16.pack(qtype)
+            exact.setdefault(name, []).append(type_bytes)
+            if subtree:
+                below.append((name, type_bytes))
+
+        def doomed(key: bytes) -> bool:
+            owner, type_bytes = key[:-5], key[-5:-3]
+            if type_bytes in everything_of_type:
+                return True
+            types = exact.get(owner)
+            if types is not None and (None in types or type_bytes in types):
+                return True
+            return any(
+                (t is None or t == type_bytes) and _is_below(owner, parent) for parent, t in below
+            )
+
         for index, shard in enumerate(self._shards):
-            doomed = []
-            for key in shard:
-                owner = key[:-5]
-                if type_bytes is not None and key[-5:-3] != type_bytes:
-                    continue
-                if name is not None and owner != name and not (subtree and _is_below(owner, name)):
-                    continue
-                doomed.append(key)
-            for key in doomed:
+            gone = [key for key in shard if doomed(key)]
+            for key in gone:
                 self._sizes[index] -= shard.pop(key).cost
-            removed += len(doomed)
+            removed += len(gone)
         return removed
 
     def stats(self) -> CacheStats:

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 
 from twisted.internet import defer
 
+from dnsgo.cache.message import hit_rate
+
 
 def shared_cache_status(config, backend, store=None, reactor=None) -> defer.Deferred:
     """Fires with {type, address, status, stats{hits, misses, hit_rate, size_bytes, keys}, lastSync}, or None."""
@@ -18,13 +20,12 @@ def shared_cache_status(config, backend, store=None, reactor=None) -> defer.Defe
     def with_info(info):
         hits = int(info.get("keyspace_hits", 0))
         misses = int(info.get("keyspace_misses", 0))
-        total = hits + misses
         return {
             **base,
             "stats": {
                 "hits": hits,
                 "misses": misses,
-                "hit_rate": round(100.0 * hits / total, 2) if total else 0.0,
+                "hit_rate": hit_rate(hits, misses),
                 "size_bytes": int(info.get("used_memory", 0)),
             },
             "lastSync": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -19,6 +19,8 @@ null ``lastUpdated``.
 """
 import datetime
 
+from dnsgo.cache.message import hit_rate
+
 #: The cache statistics the seed shows per worker, in its order.
 CACHE_FIELDS = ("hits", "misses", "evicts", "hit_rate", "size_bytes", "max_size_bytes", "num_shards")
 
@@ -32,12 +34,6 @@ def iso8601(value) -> str | None:
         return value
     moment = datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def hit_rate(hits: int, misses: int) -> float:
-    """Hits as a percentage of lookups, 2 decimals; 0.0 before any lookup."""
-    lookups = hits + misses
-    return round(100.0 * hits / lookups, 2) if lookups else 0.0
 
 
 def cache_body(stats: dict | None) -> dict:

@@ -85,6 +85,13 @@ def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) 
     )
 
 
+
+def hit_rate(hits: int, misses: int) -> float:
+    """Hits as a percentage of lookups, 2 decimals; 0.0 before any lookup (the API's hit_rate)."""
+    lookups = hits + misses
+    return round(100.0 * hits / lookups, 2) if lookups else 0.0
+
+
 @attrs.frozen
 class CacheStats:
     """A snapshot of the L1 cache's counters, as the management API shows them."""
@@ -398,12 +405,11 @@ class MessageCache:
 
     def stats(self) -> CacheStats:
         """Return the counters, the memory estimate and the entry count now."""
-        lookups = self._hits + self._misses
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
             evicts=self._evicts,
-            hit_rate=round(100.0 * self._hits / lookups, 2) if lookups else 0.0,
+            hit_rate=hit_rate(self._hits, self._misses),
             size_bytes=sum(self._sizes),
             max_size_bytes=self._shard_budget * self._num_shards,
             num_shards=self._num_shards,

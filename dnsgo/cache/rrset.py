@@ -61,7 +61,7 @@ from collections import OrderedDict
 import attrs
 from twisted.names import dns
 
-from dnsgo.cache.message import CacheStats
+from dnsgo.cache.message import CacheStats, hit_rate
 
 #: Type codes twisted.names has no constant for.
 RRSIG = 46
@@ -335,12 +335,11 @@ class RRsetCache:
 
     def stats(self) -> CacheStats:
         """The counters and size of this cache now (expired entries count until dropped)."""
-        lookups = self._hits + self._misses
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
             evicts=self._evicts,
-            hit_rate=round(100.0 * self._hits / lookups, 2) if lookups else 0.0,
+            hit_rate=hit_rate(self._hits, self._misses),
             size_bytes=sum(self._sizes),
             max_size_bytes=self._max_size,
             num_shards=len(self._shards),

@@ -202,6 +202,18 @@ class StoreTests(StoreTestCase):
         self.assertIsNone(result_of(d))
         self.assertEqual(worker.store.stats().errors, 1)
 
+    def test_open_breaker_skips_writes(self):
+        """While the backend's breaker is open a reply is not even encoded: no write is queued, the drop is counted."""
+        breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60, reactor=self.clock)
+        guard = Guard(breaker, read_timeout=0.5, write_timeout=0.5, reactor=self.clock)
+        worker = self.fresh(guard=guard)
+        breaker.failed()
+        self.assertEqual(breaker.state, "open")
+        worker.store.store_reply(dns.Query(b"www.example.com"), dns.OK, [a(b"www.example.com", "192.0.2.1")], [], [])
+        stats = worker.store.stats()
+        self.assertEqual((stats.queued, stats.in_flight, stats.writes, stats.dropped_writes), (0, 0, 0, 1))
+        self.assertEqual(self.server.live_keys(), [])
+
     def test_queue_full_drops(self):
         """Writes beyond max_in_flight wait in the queue; beyond its size they are dropped and counted."""
         store = SharedRRsetStore(self.worker.redis, write_queue_size=2, max_in_flight=2, reactor=self.clock)

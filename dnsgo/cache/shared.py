@@ -55,7 +55,8 @@ class SharedStats:
     (``hits``) or not (``misses``, including those that failed); values
     that did not decode (``corrupt``); Redis operations that failed
     (``errors``: unavailable, timed out, refused by the breaker); writes
-    done, dropped for a full queue, queued now and in flight now.
+    done, dropped (the queue was full, or the breaker was open so the
+    reply was not even encoded), queued now and in flight now.
     """
 
     hits: int
@@ -260,7 +261,15 @@ class SharedRRsetStore:
         self.store_learned(learned)
 
     def store_learned(self, learned) -> None:
-        """Queue the writes of :func:`~dnsgo.cache.rrset.learn_from_reply`'s answer-rank items.  Never raises."""
+        """
+        Queue the writes of :func:`~dnsgo.cache.rrset.learn_from_reply`'s
+        answer-rank items.  Never raises.  While the backend's circuit breaker
+        is open nothing is encoded: the writes would be refused anyway.
+        """
+        guard = getattr(self._backend, "guard", None)
+        if guard is not None and guard.breaker.state == "open":
+            self._dropped += 1
+            return
         now = self._reactor.seconds()
         prefix = self._prefix
         for item in learned:

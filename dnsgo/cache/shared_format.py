@@ -110,12 +110,16 @@ class Entry:
 # -- keys ----------------------------------------------------------------
 
 
+#: The plain bytes as a deletion table: ``name.translate(None, _PLAIN_BYTES)``
+#: is empty exactly when every byte is plain (one C call, not a loop).
+_PLAIN_BYTES = bytes(sorted(_PLAIN))
+
 def key_owner(name: bytes) -> bytes:
     """The owner part of a key for a dotted name (any case, trailing dot or not)."""
     name = normalize_name(name)
     if not name:
         return b"."
-    if all(byte in _PLAIN for byte in name):
+    if not name.translate(None, _PLAIN_BYTES):
         return name
     return b"".join(bytes((byte,)) if byte in _PLAIN else b"\\%03d" % byte for byte in name)
 

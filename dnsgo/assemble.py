@@ -159,11 +159,18 @@ def identity_for(config, environ=None) -> Identity:
     )
 
 
-def build_service(config, reactor=None, reuse_port: bool = False, environ=None) -> ServerRoot:
+def _no_peers(flush) -> defer.Deferred:
+    """Broadcast from a process with no control plane: there is nobody to tell."""
+    return defer.succeed(None)
+
+
+def build_service(config, reactor=None, reuse_port: bool = False, environ=None, broadcast=None) -> ServerRoot:
     """
     The whole server for ``config``: DNS listeners over the resolver chain
     with L1, L2 (local, or local + Redis in hybrid mode) and the forwarder.
-    ``reuse_port`` lets several worker processes share the listen address.
+    ``reuse_port`` lets several worker processes share the listen address;
+    ``broadcast(flush)`` hands flushes to the control plane (strategy
+    ``broadcast``; a process without one has no peers to tell).
     """
     from dnsgo.acl import ClientFilter
     from dnsgo.cache.infra import InfraCache
@@ -216,7 +223,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None) 
         origin_id=unique_origin_id(root.identity.worker_id),
         backend=root.backend,
         shared_store=root.shared_store,
-        send=lambda flush: defer.succeed(None),
+        send=broadcast or _no_peers,
         reactor=reactor,
     )
     if isinstance(root.invalidator, service.Service):

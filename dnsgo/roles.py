@@ -179,9 +179,17 @@ class WorkerRoot(service.MultiService):
         except ConfigError as e:
             self.log.error("configuration from the control plane is invalid:\n{report}", report=e.report())
             raise ValueError(e.report()) from None
-        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ)
+        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ,
+                                    broadcast=self.broadcast)
         self.server.setServiceParent(self)
         return None
+
+    def broadcast(self, flush) -> defer.Deferred:
+        """Strategy ``broadcast``: the control plane relays ``flush`` to the other workers."""
+        from dnsgo.invalidation import qtype_text
+
+        qtype = None if flush.qtype is None else str(qtype_text(flush.qtype))
+        return self.client.invalidate(sorted(flush.caches), flush.name, qtype, flush.subtree)
 
     def reload_config(self, text: str):
         """A new configuration: start a new server beside the old (SO_REUSEPORT), then stop the old."""
@@ -191,7 +199,8 @@ class WorkerRoot(service.MultiService):
         except ConfigError as e:
             raise ValueError(e.report()) from None
         old = self.server
-        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ)
+        self.server = build_service(config, reuse_port=True, reactor=self.reactor, environ=self.environ,
+                                    broadcast=self.broadcast)
         self.server.setServiceParent(self)
         if old is not None:
             return defer.maybeDeferred(old.disownServiceParent).addCallback(lambda _: True)

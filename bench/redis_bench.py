@@ -25,9 +25,7 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import probe
 import servers
 import workload
 from procs import Process, Processes, free_port, pin, process_tree
-from run import cpu_busy_fraction, keep_logs, say, twisted_version
+from run import cpu_busy_fraction, execute, say, twisted_version
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = servers.HOST
@@ -892,32 +890,8 @@ def main(argv=None) -> int:
             print(f"{program} is missing: apt-get install nsd dnsperf redis-server", file=sys.stderr)
             return 2
     plan = QUICK if args.quick else FULL
-    outdir = BENCH_DIR / "results" / (time.strftime("%Y%m%d-%H%M%S") + "-redis")
-    outdir.mkdir(parents=True)
-    workdir = Path(tempfile.mkdtemp(prefix="dnsgo-redis-bench-"))
-    say(f"results in {outdir}; work files in {workdir}")
-    started = time.monotonic()
-    status = 0
-    try:
-        with Processes() as procs:
-            bench = RedisBench(args, plan, workdir, outdir, procs)
-            try:
-                bench.run()
-            except Exception:
-                status = 1
-                traceback.print_exc()
-                bench.notes.append("the run stopped early: " + traceback.format_exc().splitlines()[-1])
-            except (KeyboardInterrupt, SystemExit) as stop:
-                status = 130
-                bench.notes.append(f"the run was interrupted ({type(stop).__name__}: {stop})")
-    finally:
-        keep_logs(workdir, outdir)
-        if not args.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    say("")
-    say(bench.write_report())
-    say(f"(took {time.monotonic() - started:.0f} s; saved in {outdir})")
-    return status
+    return execute(lambda workdir, outdir, procs: RedisBench(args, plan, workdir, outdir, procs),
+                   args, "-redis", "dnsgo-redis-bench-")
 
 
 if __name__ == "__main__":

@@ -324,16 +324,26 @@ def main(argv=None) -> int:
         if not shutil.which(program) and not Path("/usr/sbin", program).exists():
             print(f"{program} is missing: apt-get install nsd unbound dnsperf", file=sys.stderr)
             return 2
-    plan = QUICK if args.quick else FULL
-    outdir = BENCH_DIR / "results" / time.strftime("%Y%m%d-%H%M%S")
+    return execute(lambda workdir, outdir, procs: Bench(args, QUICK if args.quick else FULL, workdir, outdir, procs),
+                   args, "", "dnsgo-bench-")
+
+
+def execute(make_bench, args, results_suffix: str, workdir_prefix: str) -> int:
+    """
+    Run a benchmark made by ``make_bench(workdir, outdir, procs)``: every
+    process it starts is stopped at the end whatever happens, its logs are
+    kept in the results folder, and its report is printed.  Returns the exit
+    status (0, 1 after an error, 130 when interrupted).
+    """
+    outdir = BENCH_DIR / "results" / (time.strftime("%Y%m%d-%H%M%S") + results_suffix)
     outdir.mkdir(parents=True)
-    workdir = Path(tempfile.mkdtemp(prefix="dnsgo-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=workdir_prefix))
     say(f"results in {outdir}; work files in {workdir}")
     started = time.monotonic()
     status = 0
     try:
         with Processes() as procs:
-            bench = Bench(args, plan, workdir, outdir, procs)
+            bench = make_bench(workdir, outdir, procs)
             try:
                 bench.run()
             except Exception:
@@ -342,7 +352,7 @@ def main(argv=None) -> int:
                 bench.notes.append("the run stopped early: " + traceback.format_exc().splitlines()[-1])
             except (KeyboardInterrupt, SystemExit) as stop:
                 status = 130
-                bench.notes.append(f"the run was interrupted ({type(stop).__name__})")
+                bench.notes.append(f"the run was interrupted ({type(stop).__name__}: {stop})")
     finally:
         keep_logs(workdir, outdir)
         if not args.keep_workdir:

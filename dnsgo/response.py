@@ -8,7 +8,6 @@ from twisted.names import dns
 
 from dnsgo import wire
 from dnsgo.query import wire_to_dotted
-from dnsgo.resolve import FinalAnswer
 
 
 def encode_reply(query: wire.QueryInfo, rcode: int, answers, authority, additional) -> bytes:
@@ -42,13 +41,3 @@ def encode_reply(query: wire.QueryInfo, rcode: int, answers, authority, addition
             encoded = encoded[:12] + query.question + encoded[end:]
     return encoded
 
-
-def result_to_reply(query: wire.QueryInfo, result) -> bytes:
-    """Encode a successful chain result (the three sections) as NOERROR."""
-    answers, authority, additional = result
-    return encode_reply(query, dns.OK, answers, authority, additional)
-
-
-def final_to_reply(query: wire.QueryInfo, final: FinalAnswer) -> bytes:
-    """Encode a :class:`FinalAnswer` (NXDOMAIN with its SOA, REFUSED, ...)."""
-    return encode_reply(query, final.rcode, final.answers, final.authority, final.additional)

@@ -35,7 +35,7 @@ import probe
 import servers
 import workload
 from procs import Process, Processes, free_port, pin, process_tree
-from run import cpu_busy_fraction, execute, say, twisted_version
+from run import cpu_busy_fraction, cpu_model, execute, first_line, say, twisted_version
 
 BENCH_DIR = Path(__file__).resolve().parent
 HOST = servers.HOST
@@ -830,19 +830,7 @@ def tables(bench: RedisBench) -> list[str]:
 
 def environment(bench: RedisBench) -> list[str]:
     """Lines describing the machine, the versions, the pinning and the load."""
-    def first_line(argv: list[str]) -> str:
-        """The first non-empty line ``argv`` prints, or '?'."""
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return next((line for line in (out.stdout + out.stderr).splitlines() if line.strip()), "?")
-        except (OSError, subprocess.TimeoutExpired):
-            return "?"
-    model = "?"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     args, facts = bench.args, bench.facts
     before, after = facts.get("loadavg_before"), facts.get("loadavg_after")
     return [

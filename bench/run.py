@@ -239,20 +239,27 @@ class Bench:
         return markdown
 
 
+def first_line(argv: list[str]) -> str:
+    """The first non-empty line ``argv`` prints (a version string), or '?'."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return next((line for line in (out.stdout + out.stderr).splitlines() if line.strip()), "?")
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo, or '?'."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "?"
+
+
 def environment(bench: Bench) -> list[str]:
     """Lines describing the machine, the versions and the load."""
-    def first_line(argv: list[str]) -> str:
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
-            return next((line for line in (out.stdout + out.stderr).splitlines() if line.strip()), "?")
-        except (OSError, subprocess.TimeoutExpired):
-            return "?"
-    model = "?"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    model = cpu_model()
     sizes, args = bench.plan.sizes, bench.args
     return [
         f"{os.cpu_count()} CPUs ({model}), {platform.platform()}",

@@ -117,34 +117,25 @@ class ServerRoot(service.MultiService):
         ``worker`` clears this process only, ``shared`` the shared store only.
         Fires with {results, sharedCleared}.
         """
-        from dnsgo.invalidation import Flush, SharedFlushFailed
+        from dnsgo.invalidation import Flush, SharedFlushFailed, apply_locally, flush_shared
 
         flush = Flush(name, type, subtree, frozenset(cache_types))
-        me = self.identity.worker_id
-        shared_wanted = self.shared_store is not None and "rrset" in flush.caches and target in ("all", "shared")
+        mine = [{"workerId": self.identity.worker_id, "success": True, "cleared": sorted(flush.caches)}]
         if target == "shared":
-            if self.shared_store is None:
-                return defer.succeed({"results": [], "sharedCleared": False})
-            d = self.shared_store.flush(flush.dotted_name(), flush.qtype, flush.subtree)
-            d.addCallbacks(lambda _: {"results": [], "sharedCleared": True},
-                           lambda f: {"results": [], "sharedCleared": False})
+            d = flush_shared(self.shared_store, flush)
+            d.addCallback(lambda cleared: {"results": [], "sharedCleared": cleared})
             return d
         if target == "worker":
-            self.clear_local(flush.caches, name, type, subtree)
-            return defer.succeed({"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
-                                  "sharedCleared": False})
+            apply_locally(flush, self.caches)
+            return defer.succeed({"results": mine, "sharedCleared": False})
+        shared_wanted = self.shared_store is not None and "rrset" in flush.caches
         d = self.invalidator.invalidate(flush)
-
-        def done(_):
-            return {"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
-                    "sharedCleared": shared_wanted}
 
         def failed(failure):
             failure.trap(SharedFlushFailed)
-            return {"results": [{"workerId": me, "success": True, "cleared": sorted(flush.caches)}],
-                    "sharedCleared": False}
+            return {"results": mine, "sharedCleared": False}
 
-        d.addCallbacks(done, failed)
+        d.addCallbacks(lambda _: {"results": mine, "sharedCleared": shared_wanted}, failed)
         return d
 
 

@@ -32,10 +32,10 @@ class ControlClusterView:
         return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store)
 
     def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
+        from dnsgo.invalidation import Flush, flush_shared
+
         control = self._root.control
-        store = self._root.shared_store
         caches = sorted(cache_types)
-        want_shared = store is not None and "rrset" in caches and target in ("all", "shared")
         if target == "worker":
             d = control.clear_cache(list(worker_ids or []), caches, name=name, type=type, subtree=subtree)
         elif target == "all":
@@ -44,14 +44,10 @@ class ControlClusterView:
             d = defer.succeed([])
 
         def shared(results):
-            if not want_shared:
+            if target == "worker":
                 return {"results": results, "sharedCleared": False}
-            from dnsgo.invalidation import Flush
-
-            flush = Flush(name, type, subtree, frozenset(caches))
-            s = store.flush(flush.dotted_name(), flush.qtype, flush.subtree)
-            s.addCallbacks(lambda _: {"results": results, "sharedCleared": True},
-                           lambda _f: {"results": results, "sharedCleared": False})
+            s = flush_shared(self._root.shared_store, Flush(name, type, subtree, frozenset(caches)))
+            s.addCallback(lambda cleared: {"results": results, "sharedCleared": cleared})
             return s
 
         d.addCallback(shared)

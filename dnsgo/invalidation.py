@@ -218,6 +218,19 @@ def apply_locally(flush: Flush, caches) -> int:
     return removed
 
 
+
+def flush_shared(store, flush: Flush) -> defer.Deferred:
+    """
+    Clear what ``flush`` names from the shared store (None: there is none);
+    fires with True when it was cleared, False otherwise (never fails), for
+    the API's ``sharedCleared``.
+    """
+    if store is None or RRSET not in flush.caches:
+        return defer.succeed(False)
+    d = store.flush(flush.dotted_name(), flush.qtype, flush.subtree)
+    d.addCallbacks(lambda _: True, lambda _f: False)
+    return d
+
 def apply_batch_locally(flushes: Iterable[Flush], caches) -> int:
     """
     Apply several flushes (a received batch) to this process's caches;

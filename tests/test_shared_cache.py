@@ -696,3 +696,27 @@ class RealRedisTests(TestCase):
         removed = yield store.flush(b"example.com", subtree=True)
         self.assertEqual(removed, 2)
         self.assertEqual(redis_procs.cli(self.redis.port, "KEYS", "*"), "dns:rr:{c.example.org}:1:1")
+
+
+class FlushSharedTests(StoreTestCase):
+    """invalidation.flush_shared: the API's sharedCleared."""
+
+    def test_cleared_true_and_key_gone(self):
+        """A name flush including rrset clears the shared keys and reports True."""
+        from dnsgo.invalidation import Flush, flush_shared
+
+        self.worker.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
+        self.assertTrue(self.server.live_keys())
+        self.assertTrue(self.successResultOf(flush_shared(self.store, Flush("www.example.com"))))
+        self.assertEqual(self.server.live_keys(), [])
+
+    def test_false_without_store_or_rrset_or_redis(self):
+        """No shared store, a message-only flush, or a failing Redis: False, and no exception."""
+        from dnsgo.invalidation import Flush, flush_shared
+
+        self.assertFalse(self.successResultOf(flush_shared(None, Flush("www.example.com"))))
+        self.worker.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
+        self.assertFalse(self.successResultOf(flush_shared(self.store, Flush("www.example.com", caches="message"))))
+        self.assertTrue(self.server.live_keys())
+        self.worker.redis.fail = True
+        self.assertFalse(self.successResultOf(flush_shared(self.store, Flush("www.example.com"))))

@@ -363,6 +363,21 @@ def _sniff_opt(
     return found
 
 
+def _pointer_target(msg: bytes, pos: int, n: int, limit: int) -> int:
+    """
+    The offset the compression pointer at ``pos`` points to.  It must lie
+    before ``limit`` (the last place the walk jumped to, or the name's start)
+    and after the header; anything else is a loop, a forward pointer or
+    garbage, and raises ValueError.
+    """
+    if pos + 1 >= n:
+        raise ValueError("truncated compression pointer")
+    target = ((msg[pos] & 0x3F) << 8) | msg[pos + 1]
+    if target >= limit or target < 12:
+        raise ValueError("compression pointer loops, points forward or into the header")
+    return target
+
+
 def _name_end(msg: bytes, pos: int) -> int:
     """
     Return the offset just past the (possibly compressed) name at ``pos``.
@@ -388,14 +403,9 @@ def _name_end(msg: bytes, pos: int) -> int:
                 raise ValueError("name longer than 255 bytes")
             pos += length + 1
         elif length >= 0xC0:
-            if pos + 1 >= n:
-                raise ValueError("truncated compression pointer")
-            target = ((length & 0x3F) << 8) | msg[pos + 1]
-            if target >= limit or target < 12:
-                raise ValueError("compression pointer loops, points forward or into the header")
             if after < 0:
                 after = pos + 2
-            limit = pos = target
+            limit = pos = _pointer_target(msg, pos, n, limit)
         else:
             raise ValueError("unknown label type 0x%02x" % length)
 
@@ -426,14 +436,9 @@ def _read_name(msg: bytes, pos: int) -> tuple[bytes, int]:
             parts.append(msg[pos : pos + 1 + length])
             pos += length + 1
         elif length >= 0xC0:
-            if pos + 1 >= n:
-                raise ValueError("truncated compression pointer")
-            target = ((length & 0x3F) << 8) | msg[pos + 1]
-            if target >= limit or target < 12:
-                raise ValueError("compression pointer loops, points forward or into the header")
             if after < 0:
                 after = pos + 2
-            limit = pos = target
+            limit = pos = _pointer_target(msg, pos, n, limit)
         else:
             raise ValueError("unknown label type 0x%02x" % length)
 

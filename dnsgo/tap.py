@@ -14,7 +14,6 @@ import sys
 
 from twisted.python import usage
 
-from dnsgo.assemble import ServerRoot, build_service  # noqa: F401  (public entry points)
 from dnsgo.config import ConfigError, load_config
 
 

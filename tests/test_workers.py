@@ -23,7 +23,8 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from dnsgo.config import parse_config
-from dnsgo.tap import Options, ServerRoot, build_service, makeService
+from dnsgo.assemble import ServerRoot, build_service
+from dnsgo.tap import Options, makeService
 from dnsgo.workers import (
     KILL_TIME,
     ListenError,

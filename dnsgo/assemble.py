@@ -205,6 +205,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         refresher=forwarder,
         serve_stale=config.cache.serve_stale,
         negative_ttl=caches.negative_ttl,
+        max_ttl=config.cache.message_cache.max_ttl,
         query_log=config.logging.query_log,
         reactor=reactor,
     )

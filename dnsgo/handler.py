@@ -16,7 +16,7 @@ from twisted.names import dns
 from dnsgo import wire
 from dnsgo.negative import normalize_negative
 from dnsgo.query import FlaggedQuery
-from dnsgo.resolve import FinalAnswer
+from dnsgo.resolve import FinalAnswer, VerbatimReply
 from dnsgo.response import encode_reply
 from dnsgo.stats import QueryStats
 
@@ -27,6 +27,10 @@ TCP_LIMIT = 65535
 
 #: How many distinct parsed queries the handler remembers (about 300 bytes each).
 _PARSED_LIMIT = 16384
+
+#: Header bits a relayed upstream reply does not keep: AA (dnsgo is no
+#: authority) and AD (dnsgo does not validate), as :func:`encode_reply` does.
+_NOT_RELAYED_FLAGS = 0x0400 | 0x0020
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")
@@ -43,7 +47,9 @@ class QueryHandler:
     ``refresher`` is the resolver a prefetch asks (the forwarder: the L2
     cache would hand back the same ageing data).  ``serve_stale`` is the
     config section of that name, or None.  ``counters`` counts prefetches,
-    stale answers and miss-path outcomes.
+    stale answers and miss-path outcomes.  ``max_ttl`` bounds every TTL a
+    miss-path reply carries (a TTL with the top bit set is 0, RFC 2181 §8),
+    whichever resolver built it.
     """
 
     log = Logger()
@@ -58,6 +64,7 @@ class QueryHandler:
         refresher=None,
         serve_stale=None,
         negative_ttl: int = 3600,
+        max_ttl: int = 86400,
         query_log: bool = False,
         reactor=None,
     ) -> None:
@@ -71,6 +78,7 @@ class QueryHandler:
         self._refresher = refresher
         self._stale = serve_stale if serve_stale is not None and serve_stale.enabled else None
         self._negative_ttl = negative_ttl
+        self._max_ttl = max_ttl
         self._query_log = query_log
         self.counters: Counter = Counter()
         self.stats = QueryStats()
@@ -183,14 +191,16 @@ class QueryHandler:
     def _answered(self, result, q: wire.QueryInfo):
         answers, authority, additional = result
         authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
-        return encode_reply(q, dns.OK, answers, authority, additional), False
+        return encode_reply(q, dns.OK, answers, authority, additional, self._max_ttl), False
 
     def _failed(self, failure, q: wire.QueryInfo):
         if failure.check(FinalAnswer):
             f = failure.value
             authority = normalize_negative(f.rcode, f.answers, f.authority, self._negative_ttl)
-            body = encode_reply(q, f.rcode, f.answers, authority, f.additional)
+            body = encode_reply(q, f.rcode, f.answers, authority, f.additional, self._max_ttl)
             return body, f.rcode == dns.ESERVER
+        if failure.check(VerbatimReply):
+            return self._relay(failure.value.reply, q), failure.value.reply[3] & 0xF == dns.ESERVER
         if not failure.check(defer.TimeoutError):
             self.log.failure(
                 "resolving {name} {qtype} failed",
@@ -200,6 +210,21 @@ class QueryHandler:
             )
         self.counters["servfail"] += 1
         return encode_reply(q, dns.ESERVER, (), (), ()), True
+
+    def _relay(self, reply: bytes, q: wire.QueryInfo) -> bytes:
+        """
+        An upstream reply as the body of the reply to ``q``: without its
+        OPT, with ``q``'s ID, RD, CD and question bytes, AA and AD clear,
+        and its TTLs bounded by ``max_ttl``.
+        """
+        layout = wire.scan_response(reply)
+        if layout.opt_offset is not None:
+            reply = wire.strip_opt(reply, layout)
+            layout = wire.scan_response(reply)
+        body = wire.patch_header(reply, q)
+        flags = ((body[2] << 8) | body[3]) & ~_NOT_RELAYED_FLAGS
+        body = body[:2] + bytes((flags >> 8, flags & 0xFF)) + body[4:]
+        return wire.bound_ttls(body, layout, self._max_ttl)
 
     def _remember(self, outcome, q: wire.QueryInfo):
         """Write a miss-path reply to L1 (the cache decides what it keeps)."""

@@ -9,17 +9,23 @@ object down the chain instead of rebuilding a plain one.
 """
 from twisted.names import dns
 
+from dnsgo.wire import label_has_dot
+
 
 class FlaggedQuery(dns.Query):
     """
     A ``dns.Query`` that also carries the client's DO and CD bits and the
     question name in wire format (case as sent).
 
+    ``dotted`` says the name has a ``.`` inside a label: its dotted form
+    (``name``) is then ambiguous, and the caches must neither answer nor
+    learn from it (:func:`dnsgo.wire.has_dotted_label`).
+
     Resolvers that do not know about the extra attributes see an ordinary
     ``dns.Query``.
     """
 
-    __slots__ = ("dnssec_ok", "checking_disabled", "qname_wire")
+    __slots__ = ("dnssec_ok", "checking_disabled", "qname_wire", "dotted")
 
     def __init__(
         self,
@@ -32,6 +38,7 @@ class FlaggedQuery(dns.Query):
     ) -> None:
         super().__init__(wire_to_dotted(qname_wire), type, cls)
         self.qname_wire = qname_wire
+        self.dotted = label_has_dot(qname_wire)
         self.dnssec_ok = dnssec_ok
         self.checking_disabled = checking_disabled
 

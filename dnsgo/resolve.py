@@ -12,12 +12,19 @@ Two departures from stock Twisted Names, both deliberate:
   ``AuthoritativeDomainError`` that stops the chain and keeps the rcode and
   all three sections, so NXDOMAIN is answered with the upstream's SOA and
   REFUSED stays REFUSED.
+
+A reply that holds a name with a ``.`` inside a label (``www\\.bank``) is
+never decoded into the caches: twisted.names would read that label as two
+(``www.bank``), so the reply could stand for another name.  It fills no
+cache and reaches the client as the upstream sent it
+(:class:`VerbatimReply`).
 """
 from twisted.internet import defer
 from twisted.names import common, dns, error, resolve
 from zope.interface import implementer
 from twisted.internet.interfaces import IResolver
 
+from dnsgo import wire
 from dnsgo.query import FlaggedQuery
 
 
@@ -38,6 +45,18 @@ class FinalAnswer(error.AuthoritativeDomainError):
 
     def __repr__(self) -> str:
         return f"<FinalAnswer rcode={self.rcode} an={len(self.answers)} ns={len(self.authority)}>"
+
+
+class VerbatimReply(error.AuthoritativeDomainError):
+    """
+    An upstream reply that twisted.names cannot decode faithfully (a name
+    with a ``.`` inside a label), carried as its bytes: it stops the chain,
+    fills no cache, and the client gets those bytes.
+    """
+
+    def __init__(self, reply: bytes):
+        super().__init__(reply[3] & 0xF if len(reply) > 3 else dns.ESERVER)
+        self.reply = reply
 
 
 class RecentFailure(defer.TimeoutError):
@@ -118,10 +137,13 @@ class ForwardingResolver(common.ResolverBase):
         return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
 
     def _answered(self, reply, query):
-        if self._on_reply is not None:
+        verbatim = query.dotted or wire.has_dotted_label(reply.wire)
+        if self._on_reply is not None and not verbatim:
             self._on_reply(query, reply.message)
         if reply.message.rCode == dns.ESERVER and self._failures is not None:
             self._failures.failed(self._failure_key(query))
+        if verbatim:
+            raise VerbatimReply(reply.wire)
         return message_to_result(reply.message)
 
     def _timed_out(self, failure, key):

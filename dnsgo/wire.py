@@ -777,3 +777,109 @@ def text_to_name(text: str) -> bytes:
     if len(wire) > 255:
         raise ValueError("name longer than 255 bytes: %r" % (text,))
     return bytes(wire)
+
+
+# -- names twisted.names cannot hold ---------------------------------------
+#
+# twisted.names keeps a name as its labels joined with b".", so the one label
+# b"www.bank" and the two labels b"www" b"bank" decode to the same bytes.  A
+# cache keyed on those bytes would let the first name's answer stand for the
+# second.  These functions find such names in the bytes, before anything is
+# decoded, so the caches can leave them out.
+
+_DOT = 0x2E
+
+#: Where twisted.names decodes names inside the rdata of a type: a tuple of
+#: steps, each an int (skip that many bytes), "n" (a name) or "s" (a
+#: character-string).  Types not listed keep their rdata as bytes.
+_RDATA_NAMES = {
+    2: ("n",), 3: ("n",), 4: ("n",), 5: ("n",), 7: ("n",), 8: ("n",), 9: ("n",),
+    12: ("n",), 39: ("n",),  # NS MD MF CNAME MB MG MR PTR DNAME
+    6: ("n", "n"), 14: ("n", "n"), 17: ("n", "n"),  # SOA MINFO RP
+    15: (2, "n"), 18: (2, "n"),  # MX AFSDB
+    33: (6, "n"),  # SRV
+    35: (4, "s", "s", "s", "n"),  # NAPTR
+}
+
+
+def label_has_dot(name: bytes) -> bool:
+    """Whether the uncompressed wire-format ``name`` has a ``.`` inside one of its labels."""
+    if _DOT not in name:
+        return False
+    pos = 0
+    n = len(name)
+    while pos < n:
+        length = name[pos]
+        if not length:
+            return False
+        if _DOT in name[pos + 1 : pos + 1 + length]:
+            return True
+        pos += length + 1
+    return False
+
+
+def _dotted_name_at(msg: bytes, pos: int) -> tuple[bool, int]:
+    """Whether the (possibly compressed) name at ``pos`` has a dotted label, and the offset past it."""
+    name, end = _read_name(msg, pos)
+    return label_has_dot(name), end
+
+
+def has_dotted_label(msg: bytes) -> bool:
+    """
+    Whether any name in the message that twisted.names would decode (the
+    question, every owner, the names inside NS, CNAME, SOA, MX, SRV, ...
+    rdata) has a ``.`` inside a label.  Meant for messages
+    :func:`scan_response` accepted: a message without any ``.`` byte is
+    answered False unread, and one malformed where it is read raises
+    ValueError.
+    """
+    if _DOT not in msg:
+        return False
+    n = len(msg)
+    if n < 12:
+        raise ValueError("message shorter than a DNS header")
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
+    pos = 12
+    for _ in range(qdcount):
+        dotted, pos = _dotted_name_at(msg, pos)
+        if dotted:
+            return True
+        pos += 4
+    for _ in range(ancount + nscount + arcount):
+        dotted, pos = _dotted_name_at(msg, pos)
+        if dotted:
+            return True
+        if pos + 10 > n:
+            raise ValueError("truncated resource record")
+        rtype, _, _, rdlength = _RR_FIXED.unpack_from(msg, pos)
+        pos += 10
+        end = pos + rdlength
+        steps = _RDATA_NAMES.get(rtype)
+        if steps is not None:
+            at = pos
+            for step in steps:
+                if step == "n":
+                    dotted, at = _dotted_name_at(msg, at)
+                    if dotted:
+                        return True
+                elif step == "s":
+                    at += 1 + msg[at] if at < end else 1
+                else:
+                    at += step
+                if at > end:
+                    raise ValueError("rdata shorter than its names")
+        pos = end
+    return False
+
+
+def bound_ttls(msg: bytes, layout: ResponseLayout, max_ttl: int) -> bytes:
+    """
+    ``msg`` with every TTL above ``max_ttl`` lowered to it, and every TTL
+    with its top bit set made 0 (RFC 2181 §8); ``msg`` itself when no TTL
+    needs it.
+    """
+    offsets = layout.ttl_offsets
+    bounded = [ttl if ttl <= max_ttl else max_ttl for ttl in layout.orig_ttls]
+    if all(_U32.unpack_from(msg, offset)[0] == ttl for offset, ttl in zip(offsets, bounded)):
+        return msg
+    return render_ttls(msg, offsets, bounded, 0)

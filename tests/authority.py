@@ -81,11 +81,8 @@ class Authority:
         response.flags |= dns.flags.AA
         if self.rcode_override is not None:
             response.set_rcode(self.rcode_override)
-        elif not q.name.is_subdomain(self.zone.origin):
-            response.set_rcode(dns.rcode.REFUSED)
-            response.flags &= ~dns.flags.AA
         else:
-            self._fill(response, q.name, q.rdtype)
+            self.respond(response, q.name, q.rdtype)
         if limit is None:
             limit = query.payload if query.edns >= 0 else 512
         try:
@@ -96,6 +93,14 @@ class Authority:
             response.additional = []
             response.flags |= dns.flags.TC
             return response.to_wire()
+
+    def respond(self, response, name, rdtype) -> None:
+        """Fill ``response`` for the question: REFUSED outside the zone, else from the zone."""
+        if not name.is_subdomain(self.zone.origin):
+            response.set_rcode(dns.rcode.REFUSED)
+            response.flags &= ~dns.flags.AA
+        else:
+            self._fill(response, name, rdtype)
 
     def _fill(self, response, name, rdtype) -> None:
         soa = self.zone.find_rrset(self.zone.origin, dns.rdatatype.SOA)

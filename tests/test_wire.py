@@ -840,3 +840,67 @@ class NameTextTests(SynchronousTestCase):
         self.assertEqual(text, name.to_text())
         self.assertEqual(wire.text_to_name(text), name.to_wire())
         self.assertEqual(dns.name.from_text(text).to_wire(), name.to_wire())
+
+
+class DottedLabelTests(SynchronousTestCase):
+    """Finding names whose labels hold a ``.``, which twisted.names would split in two."""
+
+    def reply(self, *records: str, qname: str = "q.example.") -> bytes:
+        """A dnspython reply to ``qname`` A with ``records`` (zone-file lines) in the answer."""
+        import dns.rrset
+
+        query = dns.message.make_query(qname, "A")
+        response = dns.message.make_response(query)
+        for line in records:
+            name, rtype, *rdata = line.split(" ", 2)
+            response.answer.append(dns.rrset.from_text(name, 300, "IN", rtype, rdata[0]))
+        return response.to_wire()
+
+    def test_label_has_dot(self):
+        """Only a dot inside a label counts, not the dots between labels or a dot byte in a length."""
+        self.assertTrue(wire.label_has_dot(b"\x08www.bank\x07example\x00"))
+        self.assertFalse(wire.label_has_dot(b"\x03www\x04bank\x07example\x00"))
+        self.assertFalse(wire.label_has_dot(b"\x2e" + b"a" * 46 + b"\x00"))
+        self.assertFalse(wire.label_has_dot(b"\x00"))
+
+    def test_plain_reply(self):
+        """A reply with ordinary names (and dot bytes in its rdata and TTLs) has none."""
+        self.assertFalse(wire.has_dotted_label(self.reply("q.example. A 46.46.46.46", "q.example. TXT a.b.c")))
+
+    def test_each_place_a_name_can_be(self):
+        """The question, an owner and the names inside CNAME, SOA, MX, SRV and NAPTR rdata are all looked at."""
+        cases = {
+            "question": self.reply(qname="a\\.b.example."),
+            "owner": self.reply("a\\.b.example. A 192.0.2.1"),
+            "CNAME": self.reply("q.example. CNAME a\\.b.example."),
+            "SOA rname": self.reply("q.example. SOA ns.example. host\\.master.example. 1 2 3 4 5"),
+            "MX": self.reply("q.example. MX 10 mail\\.x.example."),
+            "SRV": self.reply("q.example. SRV 1 2 3 t\\.x.example."),
+            "NAPTR": self.reply('q.example. NAPTR 1 2 "u" "E2U+sip" "" r\\.x.example.'),
+        }
+        for place, msg in cases.items():
+            self.assertTrue(wire.has_dotted_label(msg), place)
+
+    def test_compressed_names_followed(self):
+        """A dotted label reached through a compression pointer counts."""
+        msg = self.reply("a\\.b.example. A 192.0.2.1", "q.example. CNAME a\\.b.example.")
+        self.assertIn(b"\xc0", msg)
+        self.assertTrue(wire.has_dotted_label(msg))
+
+    def test_malformed_raises(self):
+        """A name cut short after a dot byte raises ValueError, as scan_response does."""
+        msg = self.reply(qname="a\\.b.example.")
+        with self.assertRaises(ValueError):
+            wire.has_dotted_label(msg[:20])
+
+    def test_bound_ttls(self):
+        """TTLs above max_ttl are lowered, top-bit TTLs become 0, and a reply needing neither is returned as is."""
+        msg = self.reply("q.example. A 192.0.2.1")
+        layout = wire.scan_response(msg)
+        self.assertIs(wire.bound_ttls(msg, layout, 300), msg)
+        lowered = wire.bound_ttls(msg, layout, 100)
+        self.assertEqual(wire.scan_response(lowered).orig_ttls, (100,))
+        top = bytearray(msg)
+        struct.pack_into("!I", top, layout.ttl_offsets[0], 2**31 + 5)
+        top = bytes(top)
+        self.assertEqual(struct.unpack_from("!I", wire.bound_ttls(top, wire.scan_response(top), 100), layout.ttl_offsets[0]), (0,))

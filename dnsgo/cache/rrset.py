@@ -12,13 +12,17 @@ What it stores, and why:
   count down while cached.
 * **Rank** by section (RFC 2181 §5.4.1): answer > authority > additional.  A
   lower rank never replaces a live higher-rank entry; equal or higher does.
-  Only the answer-section records on the CNAME chain from the question are
-  answer rank (the chain's CNAMEs, then the qtype's RRset and RRSIGs at the
-  end); other answer-section records are not the answer to anything the
-  upstream was asked and are dropped.
+  Only the question's own answer-section records are answer rank: its
+  CNAME, or its RRset of the qtype, and their RRSIGs.  The rest of a CNAME
+  chain (the targets' CNAMEs and RRsets, a DNAME's target data) completes
+  that one reply, which L1 keeps whole, but is not learnt: a direct query
+  for a target is asked upstream, which may refuse it or answer otherwise
+  (an upstream answering ``cn CNAME www.victim.`` with ``www.victim. A
+  6.6.6.3`` must not decide what ``www.victim.`` is).
 * **Negative answers** (RFC 2308), only when the authority section holds an
-  SOA of the name's zone: NXDOMAIN is a name-level entry covering every type
-  for the last name of the CNAME chain; NODATA is a (name, type) entry that
+  SOA of the name's zone and the question has no CNAME (a negative answer
+  for a CNAME's target is that target's business, as above): NXDOMAIN is a
+  name-level entry covering every type; NODATA is a (name, type) entry that
   shares the slot of the positive RRset it denies.  Negative TTL =
   ``min(SOA TTL, SOA MINIMUM, negative_ttl)``; ``min_ttl`` does not apply.
   The entry keeps the SOA, served with the negative TTL counting down.
@@ -418,8 +422,8 @@ def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additiona
     """
     What an upstream reply to ``query`` teaches, in the order a cache should
     store it: :class:`LearnedRRset` items of the additional, authority and
-    answer sections (only the answers on the question's CNAME chain, at
-    answer rank), then at most one :class:`LearnedNegative`.  The rules are
+    answer sections (only the question's own answers, at answer rank), then
+    at most one :class:`LearnedNegative` (for the question's name only).  The rules are
     the module's (grouping, ranking, RFC 2308); every L2 store shares them.
     """
     qtype, qcls = query.type, query.cls
@@ -434,14 +438,17 @@ def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additiona
     groups = _group(answers)
     chain, complete = _follow_chain(groups, qname, qtype, qcls)
     last = chain[-1]
-    on_chain = frozenset(chain)
     for (name, type, cls), group in groups.items():
-        if cls != qcls or name not in on_chain:
+        # Only the question's own records answer anything: the rest of the
+        # chain completes this one reply, and must not answer a direct query
+        # for those names, which the upstream may have refused or answered
+        # otherwise (RFC 2181 §5.4.1).
+        if cls != qcls or name != qname:
             continue
         if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
             learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, Rank.ANSWER))
 
-    if complete:
+    if complete and last == qname:
         if rcode == dns.ENAME:
             negative = _learn_negative(last, None, qcls, dns.ENAME, authority)
         elif (last, qtype, qcls) not in groups:

@@ -92,8 +92,16 @@ class RRsetResolver(common.ResolverBase):
 
 
 def answerable(query) -> bool:
-    """Whether L2 may answer ``query`` at all: not with DO set, not for ANY, RRSIG or transfers."""
-    return not getattr(query, "dnssec_ok", False) and query.type not in _MISS_QTYPES
+    """
+    Whether L2 may answer ``query`` at all: not with DO set, not for ANY,
+    RRSIG or transfers, and not for a name with a ``.`` inside a label (its
+    dotted form would be another name's key).
+    """
+    return (
+        not getattr(query, "dnssec_ok", False)
+        and query.type not in _MISS_QTYPES
+        and not getattr(query, "dotted", False)
+    )
 
 
 def result_to_deferred(result) -> defer.Deferred:
@@ -250,9 +258,12 @@ def cacheable(query, message: dns.Message) -> bool:
     """
     Whether an upstream reply may fill L2 at all: not when truncated (it is
     not complete), nor the reply to a CD query (the upstream did not
-    validate it, so it must not be served to clients that did not set CD).
+    validate it, so it must not be served to clients that did not set CD),
+    nor the reply to a name with a ``.`` inside a label.  (A reply holding
+    such a name anywhere never reaches the fillers: see
+    :class:`dnsgo.resolve.ForwardingResolver`.)
     """
-    return not message.trunc and not getattr(query, "checking_disabled", False)
+    return not message.trunc and not getattr(query, "checking_disabled", False) and not getattr(query, "dotted", False)
 
 
 def learn_from_message(query, message: dns.Message) -> list:

@@ -186,10 +186,12 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         reactor=reactor,
     )
     caches = build_caches(config.cache, on_prefetch=lambda q: root.handler.prefetch(q), reactor=reactor)
+    signer = None
     if config.cache.mode == "hybrid":
         from dnsgo.cache.shared_resolver import HybridRRsetResolver, fill_hybrid
 
-        root.backend, root.shared_store = build_shared(config, reactor=reactor)
+        signer = shared_signer(config)
+        root.backend, root.shared_store = build_shared(config, signer, reactor=reactor)
         l2 = HybridRRsetResolver(caches.rrsets, root.shared_store)
         on_reply = fill_hybrid(caches.rrsets, root.shared_store)
         root.addService(_BackendService(root.backend))
@@ -217,6 +219,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         shared_store=root.shared_store,
         send=broadcast or _no_peers,
         reactor=reactor,
+        signer=signer,
     )
     if isinstance(root.invalidator, service.Service):
         root.invalidator.setServiceParent(root)
@@ -241,8 +244,17 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     return root
 
 
-def build_shared(config, reactor=None):
-    """The Redis backend and the shared RRset store of hybrid mode."""
+def shared_signer(config):
+    """The :class:`~dnsgo.signing.Signer` of ``cache.shared_cache.signing_key`` (or its file), or None."""
+    from dnsgo.config import signing_key
+    from dnsgo.signing import Signer
+
+    key = signing_key(config.cache.shared_cache)
+    return Signer(key) if key else None
+
+
+def build_shared(config, signer=None, reactor=None):
+    """The Redis backend and the shared RRset store of hybrid mode (values signed by ``signer``, if any)."""
     from dnsgo.cache.shared import SharedRRsetStore
     from dnsgo.config import secret_password
     from dnsgo.redis.factory import build_backend
@@ -258,6 +270,7 @@ def build_shared(config, reactor=None):
         min_ttl=mc.min_ttl,
         max_ttl=mc.max_ttl,
         negative_ttl=neg,
+        signer=signer,
         reactor=reactor,
     )
     return backend, store

@@ -604,6 +604,9 @@ _LISTEN = _AddressKind(ip_only=True, listen=True)
 _NO_NAMES = "dnsgo does not look up names to find its upstreams"
 _TTL = _Integer(0, 2**31 - 1)
 
+#: The shortest signing key accepted (characters).
+MIN_SIGNING_KEY = 16
+
 DEFAULT_ALLOW: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(network)
     for network in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
@@ -710,6 +713,11 @@ class SharedCacheConfig:
     password_secret: PasswordSecretConfig = _section(
         PasswordSecretConfig, "read the password from a file or mounted secret")
     key_prefix: str = _setting(_String(), "dns:", doc="prefix of every key dnsgo writes")
+    signing_key: str = _setting(
+        _String(), "",
+        doc=f"HMAC-SHA256 key signing shared values and invalidation messages, at least "
+            f"{MIN_SIGNING_KEY} characters (hidden from repr); unset, Redis is trusted", secret=True)
+    signing_key_file: str = _setting(_String(), "", doc="a file holding the signing key")
     ttl_multiplier: float = _setting(
         _Number(1.0, 100.0), 1.5, doc="Redis expiry = DNS TTL x this (room for serve-stale)")
     pool_size: int = _setting(_Integer(1, 10000), 10, doc="connections per worker")
@@ -986,6 +994,13 @@ def _secret_conflicts(shared: SharedCacheConfig) -> Iterator[tuple[Problem, tupl
         missing = "key" if secret.name else "name"
         yield _conflict(f"{base}.{missing}", "name and key must be given together",
                         f"{base}.name", f"{base}.key")
+    if shared.signing_key and shared.signing_key_file:
+        yield _conflict("cache.shared_cache.signing_key_file",
+                        "set either signing_key or signing_key_file, not both",
+                        "cache.shared_cache.signing_key")
+    if shared.signing_key and len(shared.signing_key) < MIN_SIGNING_KEY:
+        yield _conflict("cache.shared_cache.signing_key",
+                        f"must be at least {MIN_SIGNING_KEY} characters; got {len(shared.signing_key)}")
 
 
 def _listener_conflicts(config: Config) -> Iterator[tuple[Problem, tuple[str, ...]]]:
@@ -1225,6 +1240,25 @@ def secret_password(shared: SharedCacheConfig, source: str = "<config>") -> str:
         path = os.path.join(secret.directory, secret.name, secret.key)
         return _read_secret(path, "cache.shared_cache.password_secret", source)
     return ""
+
+
+def signing_key(shared: SharedCacheConfig, source: str = "<config>") -> bytes:
+    """
+    Return the shared-cache signing key as UTF-8 bytes: ``signing_key`` if
+    set, else the contents of ``signing_key_file``, else ``b''`` (no
+    signing).  Raises ConfigError naming the setting when the file cannot
+    be read, is empty, or holds a key shorter than MIN_SIGNING_KEY.
+    """
+    if shared.signing_key:
+        return shared.signing_key.encode("utf-8")
+    if not shared.signing_key_file:
+        return b""
+    setting = "cache.shared_cache.signing_key_file"
+    key = _read_secret(shared.signing_key_file, setting, source)
+    if len(key) < MIN_SIGNING_KEY:
+        raise ConfigError([Problem(setting, f"the key in {shared.signing_key_file} is shorter than "
+                                            f"{MIN_SIGNING_KEY} characters")], source)
+    return key.encode("utf-8")
 
 
 def api_token(api: ApiConfig, environ: Mapping[str, str] | None = None, source: str = "<config>") -> str:

@@ -16,7 +16,10 @@ invalidator carries a flush to where it must go, per strategy:
 
 The pub/sub message format is versioned and documented in
 ``docs/invalidation.md``; :func:`encode_batch` and :func:`decode_batch`
-implement it.
+implement it.  With a signing key (``cache.shared_cache.signing_key``), a
+message carries an HMAC over the channel and the JSON, and a subscriber
+ignores (and counts) a message without a valid one, or one sent more than
+:data:`MAX_SIGNED_AGE` seconds from its own clock (a replay).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from twisted.names import dns
 
 from dnsgo import wire
 from dnsgo.query import wire_to_dotted
+from dnsgo.signing import MAC_SIZE, Signer
 
 #: The cache kinds a flush can name: the L1 message cache and the L2 RRset
 #: cache (the local one, and the shared store in hybrid mode).
@@ -46,6 +50,14 @@ FORMAT_VERSION = 1
 
 #: Messages longer than this are ignored unread.
 MAX_MESSAGE_BYTES = 1 << 20
+
+#: What a signed message starts with: this, the MAC in hex, then ":" and the JSON.
+SIGNED_PREFIX = b"hmac-sha256:"
+_SIGNED_HEAD = len(SIGNED_PREFIX) + 2 * MAC_SIZE + 1
+
+#: A signed message whose ``sent_at`` is further than this from the
+#: receiver's clock (seconds, either way) is a replay and is ignored.
+MAX_SIGNED_AGE = 300.0
 
 #: Type mnemonics beyond twisted.names' table, for flushes by type.
 _EXTRA_TYPES = {
@@ -255,6 +267,10 @@ class BadMessage(ValueError):
     """A pub/sub message that cannot be applied: malformed, or of a version this code does not know."""
 
 
+class BadSignature(BadMessage):
+    """A pub/sub message without a valid signature (or a replay of an old one) while a signing key is set."""
+
+
 @attrs.frozen
 class Batch:
     """
@@ -268,6 +284,32 @@ class Batch:
     origin: str | None = None
     seq: int | None = None
     sent_at: float | None = None
+
+
+def sign_message(payload: bytes, channel: bytes, signer: Signer) -> bytes:
+    """``payload`` (a message's JSON) signed for ``channel``: :data:`SIGNED_PREFIX`, the MAC in hex, ``:``, the JSON."""
+    return SIGNED_PREFIX + signer.mac(channel, payload).hex().encode("ascii") + b":" + payload
+
+
+def open_message(data: bytes, channel: bytes, signer: Signer | None) -> bytes:
+    """
+    The JSON of a message received on ``channel``.  With a ``signer`` it
+    must be signed for that channel (else :class:`BadSignature`); without
+    one, a signature is skipped unchecked (Redis is trusted).
+    """
+    signed = data.startswith(SIGNED_PREFIX) and len(data) >= _SIGNED_HEAD and data[_SIGNED_HEAD - 1 : _SIGNED_HEAD] == b":"
+    if signer is None:
+        return data[_SIGNED_HEAD:] if signed else data
+    if not signed:
+        raise BadSignature("message is not signed")
+    try:
+        mac = bytes.fromhex(data[len(SIGNED_PREFIX) : _SIGNED_HEAD - 1].decode("ascii"))
+    except ValueError:
+        raise BadSignature("signature is not hex") from None
+    payload = data[_SIGNED_HEAD:]
+    if not signer.verify(mac, channel, payload):
+        raise BadSignature("signature does not match")
+    return payload
 
 
 def encode_batch(batch: Batch) -> bytes:
@@ -351,7 +393,9 @@ class InvalidationStats:
     in those batches; ``skipped_own``: batches of this worker's own that
     came back; ``ignored_messages``: malformed messages or unknown versions;
     ``resync_clears``: caches cleared because the subscription came back
-    after a loss; ``removed_entries``: entries all of that dropped here;
+    after a loss; ``bad_signatures``: messages ignored for a missing or
+    wrong signature, or as replays (a signing key is set);
+    ``removed_entries``: entries all of that dropped here;
     ``shared_failures``: flushes the shared store could not apply.
     """
 
@@ -365,6 +409,7 @@ class InvalidationStats:
     applied_flushes: int = 0
     skipped_own: int = 0
     ignored_messages: int = 0
+    bad_signatures: int = 0
     resync_clears: int = 0
     removed_entries: int = 0
     shared_failures: int = 0
@@ -498,8 +543,10 @@ class PubSubInvalidator(_Originator, service.Service):
     (by default L1 and the local L2), because it may have missed flushes.
 
     ``origin_id`` must be unique per process (see :func:`unique_origin_id`):
-    a worker skips batches carrying its own.  A Twisted service: starting it
-    subscribes, stopping it publishes what is queued and unsubscribes.
+    a worker skips batches carrying its own.  With a ``signer`` every
+    message is signed, and only signed, recent messages are applied.  A
+    Twisted service: starting it subscribes, stopping it publishes what is
+    queued and unsubscribes.
     """
 
     strategy = "pubsub"
@@ -518,6 +565,7 @@ class PubSubInvalidator(_Originator, service.Service):
         retry_delay: float = 1.0,
         max_pending: int = 10000,
         resync_caches: Iterable[str] = CACHE_KINDS,
+        signer: Signer | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor
@@ -539,6 +587,7 @@ class PubSubInvalidator(_Originator, service.Service):
         self._timer = None
         self._backing_off = False
         self._seq = 0
+        self._signer = signer
         self._last_complaint = None
         #: The backend's subscription while running.
         self.subscription = None
@@ -610,6 +659,8 @@ class PubSubInvalidator(_Originator, service.Service):
     def _publish(self, batch: list[Flush], retry: bool) -> defer.Deferred:
         self._seq += 1
         message = encode_batch(Batch(tuple(batch), self.origin_id, self._seq, self._reactor.seconds()))
+        if self._signer is not None:
+            message = sign_message(message, self.channel, self._signer)
         d = defer.maybeDeferred(self._backend.publish, self.channel, message)
 
         def sent(_receivers):
@@ -644,7 +695,16 @@ class PubSubInvalidator(_Originator, service.Service):
 
     def _on_message(self, data: bytes) -> None:
         try:
-            batch = decode_batch(data)
+            batch = decode_batch(open_message(data, self.channel, self._signer))
+            if self._signer is not None and (
+                batch.sent_at is None or abs(batch.sent_at - self._reactor.seconds()) > MAX_SIGNED_AGE
+            ):
+                raise BadSignature(f"signed message sent more than {MAX_SIGNED_AGE:g} s from now (a replay?)")
+        except BadSignature as e:
+            self._counts["bad_signatures"] += 1
+            self._complain("invalidation: ignored a message on {channel}: {why}",
+                           channel=self.channel.decode("utf-8", "replace"), why=str(e)[:200])
+            return
         except BadMessage as e:
             self._counts["ignored_messages"] += 1
             self._complain("invalidation: ignored a message on {channel}: {why}",
@@ -674,12 +734,13 @@ class PubSubInvalidator(_Originator, service.Service):
 
 
 def build_invalidator(config, caches, *, origin_id: str | None = None, backend=None, shared_store=None,
-                      send: Callable[[Flush], defer.Deferred] | None = None, reactor=None):
+                      send: Callable[[Flush], defer.Deferred] | None = None, reactor=None,
+                      signer: Signer | None = None):
     """
     The invalidator ``config`` (a :class:`~dnsgo.config.InvalidationConfig`)
     asks for: ``pubsub`` needs ``backend`` (and takes ``origin_id``, a
-    unique one by default), ``broadcast`` needs ``send``.  A
-    :class:`PubSubInvalidator` must be started (it is a service).
+    unique one by default, and ``signer``), ``broadcast`` needs ``send``.
+    A :class:`PubSubInvalidator` must be started (it is a service).
     """
     if config.strategy == "pubsub":
         if backend is None:
@@ -687,7 +748,7 @@ def build_invalidator(config, caches, *, origin_id: str | None = None, backend=N
         ps = config.pubsub
         return PubSubInvalidator(
             caches, backend, ps.channel.encode("utf-8"), ps.batch_size, ps.batch_delay,
-            origin_id or unique_origin_id(), shared_store=shared_store, reactor=reactor,
+            origin_id or unique_origin_id(), shared_store=shared_store, reactor=reactor, signer=signer,
         )
     if config.strategy == "broadcast":
         if send is None:

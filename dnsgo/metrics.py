@@ -217,6 +217,10 @@ def _redis_families(f: _Families, worker: str, shared: dict) -> None:
         ("dnsgo_redis_breaker_trips", None, "Times the Redis circuit breaker opened."),
         ("dnsgo_redis_errors", "errors", "Redis commands that failed or timed out."),
         ("dnsgo_redis_corrupt_entries", "corrupt", "Shared-cache values that could not be decoded."),
+        ("dnsgo_redis_rejected_entries", "rejected",
+         "Shared-cache values refused: another name's records, or a stored-at time in the future."),
+        ("dnsgo_redis_bad_signatures", "bad_signatures",
+         "Shared-cache values without a valid signature (a signing key is set)."),
         ("dnsgo_redis_writes", "writes", "Shared-cache writes sent."),
         ("dnsgo_redis_dropped_writes", "dropped_writes", "Shared-cache writes dropped (breaker open or backlog full)."),
     ):

@@ -48,6 +48,13 @@ def cli(port: int, *args: str, password: str | None = None, timeout: float = 5.0
     return out.stdout.strip()
 
 
+def cli_set_bytes(port: int, key: bytes, value: bytes, timeout: float = 5.0) -> str:
+    """SET ``key`` to binary ``value`` with redis-cli (``-x`` reads the value from stdin), as anyone with access could."""
+    cmd = [REDIS_CLI, "-h", "127.0.0.1", "-p", str(port), "-x", "SET", key.decode("utf-8")]
+    out = subprocess.run(cmd, input=value, capture_output=True, timeout=timeout)
+    return out.stdout.decode("utf-8", "replace").strip()
+
+
 def _wait(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -21,6 +21,8 @@ from dnsgo.config import InvalidationConfig, PubSubConfig
 from dnsgo.invalidation import (
     FORMAT_VERSION,
     MAX_MESSAGE_BYTES,
+    MAX_SIGNED_AGE,
+    SIGNED_PREFIX,
     BadMessage,
     Batch,
     BroadcastInvalidator,
@@ -36,8 +38,10 @@ from dnsgo.invalidation import (
     parse_cache_kinds,
     parse_qtype,
     qtype_text,
+    sign_message,
 )
 from dnsgo.response import encode_reply
+from dnsgo.signing import Signer
 from dnsgo.assemble import Caches
 from tests.fake_pubsub import FakeBroker, FakePubSubBackend
 from tests.redis_procs import SKIP, RedisServer, cli
@@ -782,3 +786,128 @@ class RealRedisTests(TestCase):
         fill(b_caches, "example.org", dns.A)
         yield self._flush_reaches_b(Flush("example.org"), "example.org", dns.A)
         self.assertEqual(b.stats().received_batches, 2)
+
+
+KEY = Signer(b"0123456789abcdef-key")
+
+
+class SignedPubSubTests(SynchronousTestCase):
+    """Invalidation messages with cache.shared_cache.signing_key: only signed, recent ones are applied."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.broker = FakeBroker()
+
+    def worker(self, origin, signer=KEY):
+        """A started invalidator with filled caches, signing with ``signer``."""
+        caches = make_caches(self.clock)
+        fill_all(caches)
+        inv = PubSubInvalidator(caches, FakePubSubBackend(self.broker), CHANNEL, 100, 0.1, origin,
+                                reactor=self.clock, signer=signer)
+        inv.startService()
+        self.addCleanup(inv.stopService)
+        return inv, caches
+
+    def forge(self, flush=None, sent_at=0.0, channel=CHANNEL, signer=None):
+        """Publish a message by hand, as anyone who can PUBLISH could; signed with ``signer`` if given."""
+        message = encode_batch(Batch((flush or Flush.everything(),), "mallory", 1, sent_at))
+        if signer is not None:
+            message = sign_message(message, channel, signer)
+        self.broker.deliver(CHANNEL, message)
+
+    def test_signed_flush_applied(self):
+        """A flush from a worker with the key reaches another with the key; the message on the wire is signed."""
+        a, _ = self.worker("a")
+        b, b_caches = self.worker("b")
+        a.invalidate(Flush("www.example.com", "A"))
+        self.clock.advance(0.1)
+        self.assertTrue(self.broker.messages(CHANNEL)[0].startswith(SIGNED_PREFIX))
+        self.assertFalse(in_l1(b_caches, "www.example.com", dns.A))
+        self.assertEqual(b.stats().received_batches, 1)
+
+    def test_unsigned_message_ignored(self):
+        """An unsigned flush-everything is ignored and counted; nothing is dropped."""
+        b, b_caches = self.worker("b")
+        self.forge()
+        self.assertEqual(remaining(b_caches), (set(ENTRIES), set(ENTRIES)))
+        self.assertEqual((b.stats().bad_signatures, b.stats().received_batches), (1, 0))
+
+    def test_wrong_key_or_channel_ignored(self):
+        """A message signed with another key, or for another channel, is ignored."""
+        b, b_caches = self.worker("b")
+        self.forge(signer=Signer(b"another-key-0123456789"))
+        self.forge(signer=KEY, channel=b"other:channel")
+        self.assertEqual(len(b_caches.messages), len(ENTRIES))
+        self.assertEqual(b.stats().bad_signatures, 2)
+
+    def test_tampered_message_ignored(self):
+        """A signed message whose JSON was changed after signing is ignored."""
+        b, b_caches = self.worker("b")
+        signed = sign_message(encode_batch(Batch((Flush("www.example.com", "A"),), "a", 1, 0.0)), CHANNEL, KEY)
+        self.broker.deliver(CHANNEL, signed.replace(b'"www.example.com."', b'"example.com."'))
+        self.assertTrue(in_l1(b_caches, "example.com", dns.A))
+        self.assertEqual(b.stats().bad_signatures, 1)
+
+    def test_replay_ignored(self):
+        """A validly signed message sent more than MAX_SIGNED_AGE ago (or without sent_at) is a replay."""
+        b, b_caches = self.worker("b")
+        self.clock.advance(MAX_SIGNED_AGE + 1)
+        self.forge(signer=KEY, sent_at=0.0)
+        self.forge(signer=KEY, sent_at=None)
+        self.assertEqual(len(b_caches.messages), len(ENTRIES))
+        self.assertEqual(b.stats().bad_signatures, 2)
+        self.forge(signer=KEY, sent_at=self.clock.seconds())
+        self.assertEqual(len(b_caches.messages), 0)
+
+    def test_no_key_reads_signed_messages(self):
+        """A worker without a key applies signed messages too (Redis is trusted), and unsigned ones."""
+        b, b_caches = self.worker("b", signer=None)
+        self.forge(Flush("www.example.com", "A"), signer=KEY)
+        self.forge(Flush("example.org"))
+        self.assertFalse(in_l1(b_caches, "www.example.com", dns.A))
+        self.assertFalse(in_l1(b_caches, "example.org", dns.A))
+        self.assertEqual(b.stats().received_batches, 2)
+
+
+class SignedRealRedisTests(TestCase):
+    """A forged PUBLISH through redis-cli against invalidators with a signing key, over a real redis-server."""
+
+    skip = SKIP
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_forged_publish_ignored_signed_one_applied(self):
+        """
+        redis-cli PUBLISH of an unsigned flush-everything is ignored and
+        counted by B; a flush from A (same key) still reaches B.
+        """
+        from dnsgo.config import Address, SharedCacheConfig
+        from dnsgo.redis.factory import build_backend
+
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        shared = SharedCacheConfig(enabled=True, type="redis", address=Address("127.0.0.1", redis.port))
+        workers = []
+        for origin in ("a", "b"):
+            backend = build_backend(shared, "", real_reactor)
+            caches = make_caches(real_reactor)
+            fill_all(caches)
+            inv = PubSubInvalidator(caches, backend, CHANNEL, 100, 0.05, origin, reactor=real_reactor, signer=KEY)
+            yield backend.start()
+            self.addCleanup(backend.stop)
+            inv.startService()
+            self.addCleanup(inv.stopService)
+            workers.append((inv, caches))
+        (a, _), (b, b_caches) = workers
+        deadline = time.monotonic() + 10
+        while cli(redis.port, "PUBSUB", "NUMSUB", CHANNEL.decode()).split()[-1] != "2":
+            self.assertLess(time.monotonic(), deadline, "two subscribers")
+            yield task.deferLater(real_reactor, 0.01, lambda: None)
+        forged = encode_batch(Batch((Flush.everything(),), "mallory", 1, time.time())).decode()
+        self.assertEqual(cli(redis.port, "PUBLISH", CHANNEL.decode(), forged), "2")
+        yield a.invalidate(Flush("www.example.com", "A"))
+        while in_l1(b_caches, "www.example.com", dns.A):
+            self.assertLess(time.monotonic(), deadline, "the signed flush to reach B")
+            yield task.deferLater(real_reactor, 0.01, lambda: None)
+        self.assertTrue(in_l1(b_caches, "example.org", dns.A))
+        self.assertEqual((b.stats().bad_signatures, b.stats().received_batches), (1, 1))

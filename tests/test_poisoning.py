@@ -1,15 +1,20 @@
 """
 Cache poisoning, end to end: a real dnsgo on 127.0.0.1 forwarding to the
 hostile upstream of tests/hostile_upstream.py, asked over UDP and TCP with
-dnspython; and two workers sharing a real redis-server, the second one
-forwarding to an honest upstream.
+dnspython and dig; two workers sharing a real redis-server, the second one
+forwarding to an honest upstream; and values forged in Redis by hand.
 """
+import time
+
 import dns.message
 import dns.rcode
 import dns.rdatatype
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
+from twisted.names import dns as dns_t
 from twisted.trial import unittest
 
+from dnsgo.cache import shared_format as fmt
+from dnsgo.cache.rrset import Rank
 from tests import redis_procs
 from tests.authority import AuthorityServer
 from tests.harness import DIG, ask, dig, port, start_dnsgo
@@ -20,7 +25,7 @@ from tests.hostile_upstream import (
     cname_with_foreign_data,
     dname_with_foreign_data,
 )
-from tests.redis_procs import RedisServer
+from tests.redis_procs import RedisServer, cli_set_bytes
 
 #: The two names of the label-with-a-dot attack: one label "www.bank", and two labels.
 DOTTED = "www\\.bank.example.test."
@@ -44,6 +49,17 @@ def addresses(reply) -> list[str]:
 def ttls(reply) -> list[int]:
     """Every TTL of a dnspython reply's sections."""
     return [rrset.ttl for section in (reply.answer, reply.authority, reply.additional) for rrset in section]
+
+
+@defer.inlineCallbacks
+def connected(root, timeout: float = 10.0):
+    """Fires with ``root`` once its Redis backend is connected."""
+    deadline = time.monotonic() + timeout
+    while root.backend.status().status != "connected":
+        if time.monotonic() > deadline:
+            raise AssertionError("the Redis backend did not connect")
+        yield task.deferLater(reactor, 0.02, lambda: None)
+    return root
 
 
 class PoisoningCase(unittest.TestCase):
@@ -218,10 +234,10 @@ class SharedRedisPoisoningTests(unittest.TestCase):
         )
 
     def worker(self, upstream):
-        """A dnsgo in hybrid mode forwarding to ``upstream``."""
+        """A dnsgo in hybrid mode forwarding to ``upstream``, once its Redis connection is up."""
         root = start_dnsgo(self, [upstream.address], self.config)
         self.addCleanup(lambda: root.shared_store.idle())
-        return root
+        return connected(root)
 
     @defer.inlineCallbacks
     def test_fresh_worker_not_poisoned(self):
@@ -230,14 +246,97 @@ class SharedRedisPoisoningTests(unittest.TestCase):
         foreign data, B answers ``www.bank`` with its address and refuses
         ``www.victim3.other.`` as its own upstream does.
         """
-        a = self.worker(self.hostile)
+        a = yield self.worker(self.hostile)
         yield ask(port(a), DOTTED)
         yield ask(port(a), "cn.example.test.")
         yield ask(port(a), "cn4.example.test.")
         yield a.shared_store.idle()
-        b = self.worker(self.honest)
+        b = yield self.worker(self.honest)
         plain = yield ask(port(b), PLAIN)
         self.assertEqual((plain.rcode(), addresses(plain)), (dns.rcode.NOERROR, ["10.0.0.1"]), plain)
         for victim in ("www.victim3.other.", "gone.victim4.other."):
             direct = yield ask(port(b), victim)
             self.assertEqual(direct.rcode(), dns.rcode.REFUSED, direct)
+
+
+class ForgedRedisValueTests(unittest.TestCase):
+    """
+    Values written into a real redis-server by hand (redis-cli), as anyone
+    with access to Redis could, against a dnsgo with and without
+    ``signing_key``.
+    """
+
+    skip = redis_procs.SKIP
+    timeout = 60
+    SIGNING_KEY = "a-test-signing-key-0123456789"
+
+    def setUp(self):
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.stop)
+        self.upstream = AuthorityServer(HostileAuthority()).start()
+        self.addCleanup(self.upstream.stop)
+
+    def worker(self, signing_key: str = ""):
+        """A dnsgo in hybrid mode on the test Redis, signing with ``signing_key`` if given."""
+        config = (
+            "cache:\n  mode: hybrid\n  shared_cache:\n    enabled: true\n"
+            f'    type: redis\n    address: "127.0.0.1:{self.redis.port}"\n'
+            + (f'    signing_key: "{signing_key}"\n' if signing_key else "")
+        )
+        root = start_dnsgo(self, [self.upstream.address], config)
+        self.addCleanup(lambda: root.shared_store.idle())
+        return connected(root)
+
+    def plant(self, name: bytes, records, stored_at: float | None = None):
+        """SET the A key of ``name`` to an unsigned value holding ``records``."""
+        key = fmt.rrset_key(b"dns:", name, dns_t.A, dns_t.IN)
+        value = fmt.encode_value(fmt.Kind.RRSET, time.time() if stored_at is None else stored_at, 3600, Rank.ANSWER, records)
+        self.assertEqual(cli_set_bytes(self.redis.port, key, value), "OK")
+
+    @staticmethod
+    def a_record(owner: bytes, address: str):
+        """A twisted.names A record."""
+        return dns_t.RRHeader(owner, dns_t.A, dns_t.IN, 3600, dns_t.Record_A(address))
+
+    @defer.inlineCallbacks
+    def test_mismatched_owner_without_key(self):
+        """
+        Without a key, a value under www's key holding another name's
+        record is rejected: www is answered from upstream, and the other
+        name is not poisoned either.
+        """
+        self.plant(b"www.example.test", [self.a_record(b"evil.example.test", "6.6.6.6")])
+        root = yield self.worker()
+        www = yield ask(port(root), "www.example.test.")
+        self.assertEqual(addresses(www), ["192.0.2.1"])
+        evil = yield ask(port(root), "evil.example.test.")
+        self.assertEqual(evil.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(root.shared_store.stats().rejected, 1)
+
+    @defer.inlineCallbacks
+    def test_future_value_without_key(self):
+        """Without a key, a value claiming to be stored 10 years ahead is rejected."""
+        self.plant(b"www.example.test", [self.a_record(b"www.example.test", "6.6.6.6")], time.time() + 10 * 365 * 86400)
+        root = yield self.worker()
+        www = yield ask(port(root), "www.example.test.")
+        self.assertEqual((addresses(www), max(ttls(www))), (["192.0.2.1"], 300))
+        self.assertEqual(root.shared_store.stats().rejected, 1)
+
+    @defer.inlineCallbacks
+    def test_unsigned_forgery_with_key(self):
+        """
+        With a key, a well-formed unsigned value for the right name is a
+        counted miss (the upstream answers), while what a worker with the
+        key wrote serves a second worker without asking upstream again.
+        """
+        self.plant(b"www.example.test", [self.a_record(b"www.example.test", "6.6.6.6")])
+        a = yield self.worker(self.SIGNING_KEY)
+        www = yield ask(port(a), "www.example.test.")
+        self.assertEqual(addresses(www), ["192.0.2.1"])
+        self.assertEqual(a.shared_store.stats().bad_signatures, 1)
+        yield a.shared_store.idle()
+        b = yield self.worker(self.SIGNING_KEY)
+        again = yield ask(port(b), "www.example.test.")
+        self.assertEqual(addresses(again), ["192.0.2.1"])
+        self.assertEqual(self.upstream.authority.queries[("www.example.test.", "A")], 1)
+        self.assertEqual(b.shared_store.stats().hits, 1)

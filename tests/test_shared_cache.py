@@ -5,6 +5,7 @@ unit tests over the in-memory fake backend and a Clock, then workers
 sharing a real redis-server.
 """
 import math
+import zlib
 
 from twisted.internet import defer, task
 from twisted.internet.task import Clock
@@ -21,6 +22,7 @@ from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.resolve import Chain, FinalAnswer
+from dnsgo.signing import Signer
 from tests import redis_procs
 from tests.fake_redis import FakeRedis, FakeRedisServer
 from tests.test_rrset_cache import FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
@@ -726,3 +728,111 @@ class FlushSharedTests(StoreTestCase):
         self.assertTrue(self.server.live_keys())
         self.worker.redis.fail = True
         self.assertFalse(self.successResultOf(flush_shared(self.store, Flush("www.example.com"))))
+
+
+class TrustTests(StoreTestCase):
+    """What a reader believes of a value in Redis (docs/redis-format.md, "Trust")."""
+
+    KEY = fmt.rrset_key(b"dns:", b"www.example.com", dns.A, dns.IN)
+
+    def plant(self, records, *, key=KEY, stored_at=EPOCH, ttl=300, kind=Kind.RRSET, **sign):
+        """Write a value by hand, as anyone with access to Redis could."""
+        self.server.set(key, fmt.encode_value(kind, stored_at, ttl, Rank.ANSWER, records, key=key, **sign), 3600)
+
+    def test_other_owners_records_rejected(self):
+        """
+        A value under www's key holding evil's records is a miss, counted
+        as rejected, and does not reach the local cache under either name.
+        """
+        self.plant([a(b"evil.example.com", "6.6.6.6")])
+        other = self.fresh()
+        self.assertMiss(other.ask(b"www.example.com"))
+        self.assertEqual(other.store.stats().rejected, 1)
+        self.assertIsNone(other.local.get(b"evil.example.com", dns.A))
+        self.assertIsNone(other.local.get(b"www.example.com", dns.A))
+
+    def test_foreign_soa_rejected(self):
+        """An NXDOMAIN value whose SOA is not of the name's zone is rejected."""
+        key = fmt.nxdomain_key(b"dns:", b"www.example.com", dns.IN)
+        self.plant([soa(b"victim.test")], key=key, kind=Kind.NXDOMAIN)
+        other = self.fresh()
+        self.assertMiss(other.ask(b"www.example.com"))
+        self.assertEqual(other.store.stats().rejected, 1)
+
+    def test_future_stored_at_rejected(self):
+        """A value stored 10 years ahead is rejected; one a second ahead (clock skew) is served."""
+        self.plant([a(b"www.example.com", "192.0.2.1")], stored_at=EPOCH + 10 * 365 * 86400)
+        self.assertIsNone(result_of(self.fresh().store.get(b"www.example.com", dns.A)))
+        self.plant([a(b"www.example.com", "192.0.2.1")], stored_at=EPOCH + 1)
+        self.assertEqual(addresses(result_of(self.fresh().store.get(b"www.example.com", dns.A))), ["192.0.2.1"])
+
+    def test_ttl_clamped_on_read(self):
+        """A TTL of 2**31 - 1 is read as max_ttl, and the local copy lives no longer."""
+        self.plant([a(b"www.example.com", "192.0.2.1")], ttl=2**31 - 1)
+        other = self.fresh(max_ttl=3600)
+        answers, _, _ = other.ask(b"www.example.com")
+        self.assertEqual(ttls(answers), [3600])
+        self.clock.advance(3600)
+        self.assertIsNone(other.local.get(b"www.example.com", dns.A))
+
+    def test_record_count_bounded(self):
+        """RRsets over MAX_RECORDS are neither written nor read."""
+        many = [a(b"www.example.com", f"10.0.{i // 256}.{i % 256}") for i in range(fmt.MAX_RECORDS + 1)]
+        self.assertRaises(fmt.TooLarge, fmt.encode_value, Kind.RRSET, EPOCH, 300, Rank.ANSWER, many)
+        self.worker.reply(b"www.example.com", answers=many)
+        self.assertEqual(self.server.get(self.KEY), None)
+        self.assertEqual(self.store.stats().dropped_writes, 1)
+        value = bytearray(fmt.encode_value(Kind.RRSET, EPOCH, 300, Rank.ANSWER, many[:2]))
+        value[18:20] = (fmt.MAX_RECORDS + 1).to_bytes(2, "big")
+        self.assertIsNone(fmt.decode_value(bytes(value[:-4]) + zlib.crc32(bytes(value[:-4])).to_bytes(4, "big")))
+        self.assertIsNone(fmt.decode_value(b"DG\x02" + b"\x00" * fmt.MAX_VALUE_BYTES))
+
+
+class SigningTests(StoreTestCase):
+    """Values signed with cache.shared_cache.signing_key."""
+
+    KEY = fmt.rrset_key(b"dns:", b"www.example.com", dns.A, dns.IN)
+
+    def setUp(self):
+        super().setUp()
+        self.signer = Signer(b"0123456789abcdef-key")
+        self.worker = Worker(self.server, self.clock, signer=self.signer)
+        self.worker.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
+
+    def test_signed_value_read_with_the_key(self):
+        """A worker with the same key reads the value; one without a key reads it too (Redis trusted)."""
+        for kwargs in ({"signer": self.signer}, {}):
+            self.assertEqual(addresses(result_of(self.fresh(**kwargs).store.get(b"www.example.com", dns.A))), ["192.0.2.1"])
+        self.assertTrue(fmt.signed_by(self.server.get(self.KEY), self.KEY, self.signer))
+
+    def test_other_key_is_a_counted_miss(self):
+        """A reader with another key misses and counts a bad signature."""
+        other = self.fresh(signer=Signer(b"another-key-0123456789"))
+        self.assertIsNone(result_of(other.store.get(b"www.example.com", dns.A)))
+        self.assertEqual(other.store.stats().bad_signatures, 1)
+
+    def test_unsigned_forgery_is_a_counted_miss(self):
+        """A well-formed unsigned value planted by hand is a miss for a reader with the key."""
+        self.server.set(self.KEY, fmt.encode_value(Kind.RRSET, EPOCH, 300, Rank.ANSWER, [a(b"www.example.com", "6.6.6.6")]), 3600)
+        other = self.fresh(signer=self.signer)
+        self.assertMiss(other.ask(b"www.example.com"))
+        self.assertEqual(other.store.stats().bad_signatures, 1)
+
+    def test_value_moved_to_another_key(self):
+        """A signed value copied to another name's key fails the check (the key is signed)."""
+        self.worker.reply(b"evil.example.com", answers=[a(b"evil.example.com", "6.6.6.6")])
+        evil = self.server.get(fmt.rrset_key(b"dns:", b"evil.example.com", dns.A, dns.IN))
+        self.server.set(self.KEY, evil, 3600)
+        other = self.fresh(signer=self.signer)
+        self.assertIsNone(result_of(other.store.get(b"www.example.com", dns.A)))
+        self.assertEqual(other.store.stats().bad_signatures, 1)
+
+    def test_flipped_byte(self):
+        """A signed value with one record byte changed (CRC fixed up) fails the MAC."""
+        value = bytearray(self.server.get(self.KEY))
+        value[-40] ^= 1
+        value = bytes(value[:-4]) + zlib.crc32(bytes(value[:-4])).to_bytes(4, "big")
+        self.server.set(self.KEY, value, 3600)
+        other = self.fresh(signer=self.signer)
+        self.assertIsNone(result_of(other.store.get(b"www.example.com", dns.A)))
+        self.assertEqual(other.store.stats().bad_signatures, 1)

@@ -106,17 +106,18 @@ class ValueRoundTripTests(SynchronousTestCase):
         self.assertEqual(as_tuples(entry.records), as_tuples([soa]))
 
     def test_layout(self):
-        """The bytes sit where docs/redis-format.md says: magic, version, kind, ms, TTL, rank, count, RRs, CRC."""
+        """The bytes sit where docs/redis-format.md says: magic, version, kind, flags, ms, TTL, rank, count, RRs, CRC."""
         value = a_value(stored_at=1_700_000_000.25, ttl=300)
         self.assertEqual(value[:2], b"DG")
-        self.assertEqual(value[2], 1)
+        self.assertEqual(value[2], 2)
         self.assertEqual(value[3], Kind.RRSET)
-        self.assertEqual(struct.unpack("!Q", value[4:12])[0], 1_700_000_000_250)
-        self.assertEqual(struct.unpack("!I", value[12:16])[0], 300)
-        self.assertEqual(value[16], Rank.ANSWER)
-        self.assertEqual(struct.unpack("!H", value[17:19])[0], 2)
+        self.assertEqual(value[4], 0)
+        self.assertEqual(struct.unpack("!Q", value[5:13])[0], 1_700_000_000_250)
+        self.assertEqual(struct.unpack("!I", value[13:17])[0], 300)
+        self.assertEqual(value[17], Rank.ANSWER)
+        self.assertEqual(struct.unpack("!H", value[18:20])[0], 2)
         first_rr = b"\x03www\x07example\x03com\x00" + struct.pack("!HHIH", dns.A, dns.IN, 300, 4) + bytes([192, 0, 2, 1])
-        self.assertEqual(value[19 : 19 + len(first_rr)], first_rr)
+        self.assertEqual(value[20 : 20 + len(first_rr)], first_rr)
         self.assertEqual(struct.unpack("!I", value[-4:])[0], zlib.crc32(value[:-4]))
 
     def test_owner_case_kept(self):
@@ -165,16 +166,17 @@ class CorruptValueTests(SynchronousTestCase):
     @given(st.binary(max_size=200))
     def test_random_bodies_in_a_good_frame(self, body):
         """Random bytes after a good header and with a correct CRC never crash the decoder."""
-        header = struct.pack("!2sBBQIBH", b"DG", 1, 1, 0, 60, 3, 1)
+        header = struct.pack("!2sBBBQIBH", b"DG", 2, 1, 0, 0, 60, 3, 1)
         result = fmt.decode_value(recrc(header + body + b"\0\0\0\0"))
         self.assertTrue(result is None or isinstance(result, Entry))
 
-    def test_future_version(self):
-        """A well-formed value of version 2 is not read by version-1 code (rolling upgrades)."""
+    def test_other_versions(self):
+        """A well-formed value of version 1 or 3 is not read by version-2 code (rolling upgrades)."""
         value = bytearray(a_value())
+        for version in (1, 3):
+            value[2] = version
+            self.assertIsNone(fmt.decode_value(recrc(bytes(value))), version)
         value[2] = 2
-        self.assertIsNone(fmt.decode_value(recrc(bytes(value))))
-        value[2] = 1
         self.assertIsNotNone(fmt.decode_value(recrc(bytes(value))))
 
     def test_foreign_values(self):
@@ -190,12 +192,12 @@ class CorruptValueTests(SynchronousTestCase):
     def test_bad_fields(self):
         """Unknown kinds and ranks, TTL 0, no records, or a negative entry without an SOA are rejected."""
         value = a_value()
-        for offset, byte in ((3, 9), (16, 0), (16, 7)):
+        for offset, byte in ((3, 9), (4, 2), (17, 0), (17, 7)):
             damaged = bytearray(value)
             damaged[offset] = byte
             self.assertIsNone(fmt.decode_value(recrc(bytes(damaged))), (offset, byte))
-        self.assertIsNone(fmt.decode_value(recrc(value[:12] + b"\0\0\0\0" + value[16:])))
-        self.assertIsNone(fmt.decode_value(recrc(value[:17] + b"\0\0" + value[19:])))
+        self.assertIsNone(fmt.decode_value(recrc(value[:13] + b"\0\0\0\0" + value[17:])))
+        self.assertIsNone(fmt.decode_value(recrc(value[:18] + b"\0\0" + value[20:])))
         negative = bytearray(value)
         negative[3] = Kind.NXDOMAIN
         self.assertIsNone(fmt.decode_value(recrc(bytes(negative))))

@@ -31,6 +31,16 @@ RRset or NODATA entry fetched with it, and an RRset and a NODATA for the
 same type are told apart the same way.  So no write ever needs to delete
 another key, and concurrent writers cannot leave a stale denial in front
 of newer data for the types looked up.
+
+What a reader believes (Redis is a trust boundary: ``docs/redis-format.md``):
+a value is used only if its records are of the key's owner, type and class
+(a negative entry's SOA of the owner's zone), its stored-at time is not
+ahead of the reader's clock by more than :data:`CLOCK_SKEW` seconds, and
+its TTL is bounded again by this store's ``max_ttl`` (``negative_ttl`` for
+negative entries) on the way in.  Other values are ``rejected``.  With a
+``signer`` (``cache.shared_cache.signing_key``), every value is written
+with an HMAC over its key and bytes, and a value without a valid one is a
+miss counted in ``bad_signatures``.
 """
 from __future__ import annotations
 
@@ -46,6 +56,11 @@ from twisted.python.failure import Failure
 from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import LearnedRRset, Rank, learn_from_reply, normalize_name
 from dnsgo.cache.shared_format import Entry, Kind
+from dnsgo.signing import Signer
+
+#: How far ahead of the reader's clock a value's stored-at time may be
+#: (clock differences between sites); a later one is rejected.
+CLOCK_SKEW = 5.0
 
 
 @attrs.frozen
@@ -53,15 +68,21 @@ class SharedStats:
     """
     The shared store's counters: lookups that found a usable entry
     (``hits``) or not (``misses``, including those that failed); values
-    that did not decode (``corrupt``); Redis operations that failed
+    that did not decode (``corrupt``); values that decoded but do not
+    belong under their key or claim a future time (``rejected``); values
+    without a valid signature while a signing key is set
+    (``bad_signatures``); Redis operations that failed
     (``errors``: unavailable, timed out, refused by the breaker); writes
-    done, dropped (the queue was full, or the breaker was open so the
-    reply was not even encoded), queued now and in flight now.
+    done, dropped (the queue was full, the breaker was open so the reply
+    was not even encoded, or the RRset is over the format's bounds),
+    queued now and in flight now.
     """
 
     hits: int
     misses: int
     corrupt: int
+    rejected: int
+    bad_signatures: int
     errors: int
     writes: int
     dropped_writes: int
@@ -74,7 +95,9 @@ class SharedRRsetStore:
     The L2 RRset cache shared through a :class:`~dnsgo.redis.backend.RedisBackend`.
 
     ``min_ttl``, ``max_ttl`` and ``negative_ttl`` bound what is written,
-    as in :class:`~dnsgo.cache.rrset.RRsetCache` (pass the same values).
+    as in :class:`~dnsgo.cache.rrset.RRsetCache` (pass the same values),
+    and again what is read.  ``signer`` signs every value written and
+    requires a valid signature on every value read.
     """
 
     log = Logger()
@@ -90,6 +113,7 @@ class SharedRRsetStore:
         min_ttl: int = 0,
         max_ttl: int = 86400,
         negative_ttl: int = 3600,
+        signer: Signer | None = None,
         reactor=None,
     ) -> None:
         if reactor is None:
@@ -107,6 +131,7 @@ class SharedRRsetStore:
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
+        self._signer = signer
         self._queue: deque = deque()
         self._in_flight = 0
         self._pumping = False
@@ -114,6 +139,8 @@ class SharedRRsetStore:
         self._corrupt_logged = False
         self._encode_logged = False
         self._hits = self._misses = self._corrupt = self._errors = 0
+        self._rejected = self._bad_signatures = 0
+        self._rejection_logged = False
         self._writes = self._dropped = 0
 
     @property
@@ -140,7 +167,7 @@ class SharedRRsetStore:
         if type != dns.CNAME:
             keys.append(fmt.rrset_key(self._prefix, name, dns.CNAME, cls))
         d = self._read(lambda: self._backend.mget(keys))
-        d.addCallback(self._choose, keys, type, cls)
+        d.addCallback(self._choose, keys, name, type, cls)
         return d
 
     def get(self, name: bytes, type: int, cls: int = dns.IN) -> defer.Deferred:
@@ -171,7 +198,7 @@ class SharedRRsetStore:
         d = self._read(lambda: self._backend.get(key))
 
         def stale(value):
-            entry = self._decoded(value, key, Kind.RRSET, type, cls)
+            entry = self._decoded(value, key, Kind.RRSET, name, type, cls)
             now = self._reactor.seconds()
             if entry is None or entry.rank < Rank.ANSWER or -entry.remaining(now) >= max_stale:
                 self._misses += 1
@@ -204,7 +231,7 @@ class SharedRRsetStore:
         self._errors += 1
         return _FAILED
 
-    def _choose(self, values, keys: list[bytes], type: int, cls: int):
+    def _choose(self, values, keys: list[bytes], name: bytes, type: int, cls: int):
         if values is _FAILED or not isinstance(values, (list, tuple)) or len(values) != len(keys):
             if values is not _FAILED:
                 self._errors += 1
@@ -214,7 +241,7 @@ class SharedRRsetStore:
         expected = [(Kind.RRSET, type), (Kind.NODATA, dns.SOA), (Kind.NXDOMAIN, dns.SOA), (Kind.RRSET, dns.CNAME)]
         live = []
         for value, key, (kind, rtype) in zip(values, keys, expected):
-            entry = self._decoded(value, key, kind, rtype, cls)
+            entry = self._decoded(value, key, kind, name, rtype, cls)
             usable = entry is not None and entry.rank >= Rank.ANSWER and entry.live(now)
             live.append(entry if usable else None)
         positive, nodata, nxdomain = live[:3]
@@ -232,9 +259,17 @@ class SharedRRsetStore:
             self._hits += 1
         return chosen
 
-    def _decoded(self, value, key: bytes, kind: Kind, rtype: int, cls: int) -> Entry | None:
-        """The entry in ``value`` if it is what ``key`` should hold; damage is counted and is None."""
+    def _decoded(self, value, key: bytes, kind: Kind, name: bytes, rtype: int, cls: int) -> Entry | None:
+        """
+        The entry in ``value`` if it is what ``key`` (of ``name``) should
+        hold and believable, its TTL bounded; anything else is counted and
+        is None.
+        """
         if value is None or value is _FAILED:
+            return None
+        if self._signer is not None and not fmt.signed_by(value, key, self._signer):
+            self._bad_signatures += 1
+            self._log_rejection("has no valid signature", key)
             return None
         entry = fmt.decode_value(value)
         if entry is None or entry.kind != kind or entry.records[0].type != rtype or entry.records[0].cls != cls:
@@ -247,7 +282,24 @@ class SharedRRsetStore:
                     key=key,
                 )
             return None
-        return entry
+        owner = normalize_name(name)
+        if kind == Kind.RRSET:
+            belongs = all(normalize_name(rr.name.name) == owner for rr in entry.records)
+            cap = self._max_ttl
+        else:
+            zone = normalize_name(entry.records[0].name.name)
+            belongs = not zone or owner == zone or owner.endswith(b"." + zone)
+            cap = self._negative_ttl
+        if not belongs or entry.stored_at > self._reactor.seconds() + CLOCK_SKEW or cap <= 0:
+            self._rejected += 1
+            self._log_rejection("holds another name's records or a future time", key)
+            return None
+        return entry if entry.ttl <= cap else attrs.evolve(entry, ttl=cap)
+
+    def _log_rejection(self, why: str, key: bytes) -> None:
+        if not self._rejection_logged:
+            self._rejection_logged = True
+            self.log.warn("shared cache: value of {key!r} {why}; treated as a miss (logged once)", key=key, why=why)
 
     # -- writing ---------------------------------------------------------
 
@@ -282,7 +334,7 @@ class SharedRRsetStore:
                         continue
                     key = fmt.rrset_key(prefix, item.name, item.type, item.cls)
                     headers = [dns.RRHeader(item.owner, item.type, item.cls, ttl, p) for p in item.payloads]
-                    value = fmt.encode_value(Kind.RRSET, now, ttl, item.rank, headers)
+                    value = fmt.encode_value(Kind.RRSET, now, ttl, item.rank, headers, key=key, signer=self._signer)
                 else:
                     ttl = min(item.ttl, self._negative_ttl)
                     if ttl <= 0:
@@ -291,7 +343,10 @@ class SharedRRsetStore:
                         key, kind = fmt.nxdomain_key(prefix, item.name, item.cls), Kind.NXDOMAIN
                     else:
                         key, kind = fmt.nodata_key(prefix, item.name, item.type, item.cls), Kind.NODATA
-                    value = fmt.encode_value(kind, now, ttl, Rank.ANSWER, [item.soa])
+                    value = fmt.encode_value(kind, now, ttl, Rank.ANSWER, [item.soa], key=key, signer=self._signer)
+            except fmt.TooLarge:
+                self._dropped += 1
+                continue
             except Exception:
                 self._log_encode_failure()
                 continue
@@ -369,6 +424,8 @@ class SharedRRsetStore:
             hits=self._hits,
             misses=self._misses,
             corrupt=self._corrupt,
+            rejected=self._rejected,
+            bad_signatures=self._bad_signatures,
             errors=self._errors,
             writes=self._writes,
             dropped_writes=self._dropped,

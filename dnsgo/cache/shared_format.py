@@ -1,6 +1,6 @@
 """
 The format of the shared L2 cache in Redis: key names and value bytes,
-version 1.  ``docs/redis-format.md`` is the reference; this module is its
+version 2.  ``docs/redis-format.md`` is the reference; this module is its
 only implementation, and nothing else builds or reads keys or values.
 
 Keys (``P`` is the configured ``key_prefix``, ``dns:`` by default)::
@@ -13,26 +13,35 @@ Keys (``P`` is the configured ``key_prefix``, ``dns:`` by default)::
 root written ``.``; every byte other than ``a-z 0-9 - _ .`` is written
 ``\\DDD`` (its decimal value, as in zone files), so an owner never holds
 ``:``, ``{``, ``}`` or a glob character and every key splits one way only.
-The braces make the owner a Redis Cluster hash tag: all keys of one name
-live in one slot, so the MGET of a lookup goes to one node.
+A ``.`` inside a label cannot be told from one between labels here, so no
+such name is ever cached (:func:`dnsgo.wire.has_dotted_label`).  The
+braces make the owner a Redis Cluster hash tag: all keys of one name live
+in one slot, so the MGET of a lookup goes to one node.
 
 A value::
 
     offset size
     0      2    magic b"DG"
-    2      1    format version (1)
+    2      1    format version (2)
     3      1    kind: 1 RRset, 2 NXDOMAIN, 3 NODATA
-    4      8    stored at, milliseconds since the Unix epoch (u64)
-    12     4    TTL in seconds when stored (u32, below 2**31)
-    16     1    rank (RFC 2181): 3 answer, 2 authority, 1 additional
-    17     2    record count n (u16, at least 1)
-    19     ...  n records in uncompressed wire format: owner, type, class,
+    4      1    flags: bit 0 set = signed (a MAC precedes the CRC)
+    5      8    stored at, milliseconds since the Unix epoch (u64)
+    13     4    TTL in seconds when stored (u32, below 2**31)
+    17     1    rank (RFC 2181): 3 answer, 2 authority, 1 additional
+    18     2    record count n (1 to MAX_RECORDS)
+    20     ...  n records in uncompressed wire format: owner, type, class,
                 TTL, rdlength, rdata (for NXDOMAIN and NODATA: the one SOA)
+    end-36 32   (signed values only) HMAC-SHA256 of the key and of every
+                byte before the MAC (:class:`dnsgo.signing.Signer`)
     end-4  4    CRC-32 of every byte before it (u32)
 
-All integers are big-endian.  :func:`decode_value` returns None for
-anything it cannot vouch for (another program's value, a later version, a
-truncated or flipped value); it never raises.
+All integers are big-endian.  A whole value is at most MAX_VALUE_BYTES.
+:func:`decode_value` returns None for anything it cannot vouch for
+(another program's value, another version, a truncated or flipped value,
+one over the bounds); it never raises.  Whether a value belongs under its
+key (owner, type, class) and whether its time and TTL are believable is
+the reader's check (:mod:`dnsgo.cache.shared`), as is the signature
+(:func:`signed_by`).
 """
 from __future__ import annotations
 
@@ -46,11 +55,25 @@ import attrs
 from twisted.names import dns
 
 from dnsgo.cache.rrset import Rank, normalize_name
+from dnsgo.signing import MAC_SIZE, Signer
 
 MAGIC = b"DG"
-VERSION = 1
+VERSION = 2
 
-_HEADER = struct.Struct("!2sBBQIBH")
+#: The most records one value holds, and the most bytes a value has: larger
+#: RRsets are not shared (decoding one would stall a worker; no real RRset
+#: comes near).
+MAX_RECORDS = 256
+MAX_VALUE_BYTES = 65536
+
+class TooLarge(ValueError):
+    """An entry over MAX_RECORDS or MAX_VALUE_BYTES: it is not shared."""
+
+
+#: Bit of the flags byte: the value carries a MAC.
+SIGNED = 0x01
+
+_HEADER = struct.Struct("!2sBBBQIBH")
 _CRC = struct.Struct("!I")
 _RR_FIXED = struct.Struct("!HHIH")
 _RDLENGTH = struct.Struct("!H")
@@ -220,19 +243,24 @@ def _glob_escape(text: bytes) -> bytes:
 # -- values --------------------------------------------------------------
 
 
-def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records) -> bytes:
+def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records, *, key: bytes = b"", signer: Signer | None = None) -> bytes:
     """
     The value bytes of an entry: ``records`` (``dns.RRHeader`` objects, each
-    written with ``ttl``) stored at ``stored_at`` (seconds since the epoch).
-    Raises ``ValueError`` for what the format cannot hold.
+    written with ``ttl``) stored at ``stored_at`` (seconds since the epoch),
+    signed for ``key`` when a ``signer`` is given.  Raises ``ValueError``
+    for what the format cannot hold, :class:`TooLarge` for what is over
+    its bounds.
     """
     records = list(records)
     if not 0 < ttl < 2**31:
         raise ValueError(f"TTL out of range: {ttl}")
-    if not 0 < len(records) < 2**16:
-        raise ValueError(f"record count out of range: {len(records)}")
+    if not records:
+        raise ValueError("no records")
+    if len(records) > MAX_RECORDS:
+        raise TooLarge(f"{len(records)} records are over {MAX_RECORDS}")
+    flags = SIGNED if signer is not None else 0
     body = io.BytesIO()
-    body.write(_HEADER.pack(MAGIC, VERSION, kind, max(0, round(stored_at * 1000)), ttl, rank, len(records)))
+    body.write(_HEADER.pack(MAGIC, VERSION, kind, flags, max(0, round(stored_at * 1000)), ttl, rank, len(records)))
     for rr in records:
         rr.name.encode(body, None)
         body.write(_RR_FIXED.pack(rr.type, rr.cls, ttl, 0))
@@ -245,13 +273,27 @@ def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records) ->
         body.write(_RDLENGTH.pack(end - start))
         body.seek(end)
     data = body.getvalue()
+    if signer is not None:
+        data += signer.mac(key, data)
+    if len(data) + _CRC.size > MAX_VALUE_BYTES:
+        raise TooLarge(f"value of {len(data) + _CRC.size} bytes is over {MAX_VALUE_BYTES}")
     return data + _CRC.pack(zlib.crc32(data))
+
+
+def signed_by(data: bytes, key: bytes, signer: Signer) -> bool:
+    """Whether ``data``, read from ``key``, carries a valid MAC of ``signer``'s key.  Never raises."""
+    if not isinstance(data, bytes) or not _HEADER.size + MAC_SIZE + _CRC.size <= len(data) <= MAX_VALUE_BYTES:
+        return False
+    if data[:3] != MAGIC + bytes((VERSION,)) or not data[4] & SIGNED:
+        return False
+    end = len(data) - _CRC.size - MAC_SIZE
+    return signer.verify(data[end : end + MAC_SIZE], key, data[:end])
 
 
 def decode_value(data: bytes) -> Entry | None:
     """
-    The entry a value holds, or None if it is not a version-1 value of this
-    format, or is damaged in any way.  Never raises.
+    The entry a value holds, or None if it is not a version-2 value of this
+    format, is over the bounds, or is damaged in any way.  Never raises.
     """
     try:
         return _decode(data)
@@ -260,15 +302,17 @@ def decode_value(data: bytes) -> Entry | None:
 
 
 def _decode(data: bytes) -> Entry | None:
-    if not isinstance(data, bytes) or len(data) < _HEADER.size + _CRC.size:
+    if not isinstance(data, bytes) or not _HEADER.size + _CRC.size <= len(data) <= MAX_VALUE_BYTES:
         return None
-    magic, version, kind, stored_ms, ttl, rank, count = _HEADER.unpack_from(data)
-    if magic != MAGIC or version != VERSION:
+    magic, version, kind, flags, stored_ms, ttl, rank, count = _HEADER.unpack_from(data)
+    if magic != MAGIC or version != VERSION or not 0 < count <= MAX_RECORDS:
         return None
     end = len(data) - _CRC.size
     if _CRC.unpack_from(data, end)[0] != zlib.crc32(memoryview(data)[:end]):
         return None
-    if kind not in _KINDS or rank not in _RANKS or not 0 < ttl < 2**31 or count == 0:
+    if flags & SIGNED:
+        end -= MAC_SIZE
+    if kind not in _KINDS or rank not in _RANKS or not 0 < ttl < 2**31 or flags & ~SIGNED:
         return None
     kind = Kind(kind)
     if kind != Kind.RRSET and count != 1:

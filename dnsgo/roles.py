@@ -30,8 +30,6 @@ def api_service(config, view, reactor=None, environ=None):
     """The management API on ``api.listen_address``, or None when disabled."""
     if not config.api.enabled:
         return None
-    from twisted.web.server import Site
-
     from dnsgo.api import ManagementAPI, check_listen_allowed
 
     try:
@@ -43,9 +41,8 @@ def api_service(config, view, reactor=None, environ=None):
         check_listen_allowed(listen.host, token)
     except ValueError as e:
         raise StartupError(f"api.listen_address: {e}") from None
-    site = Site(ManagementAPI(view, token=token, reactor=reactor).resource())
-    site.displayTracebacks = False
-    site.noisy = False
+    # APISite: token checked before a body is read, bodies capped, no query strings in the access log.
+    site = ManagementAPI(view, token=token, reactor=reactor).site()
     api = internet.TCPServer(listen.port, site, interface=listen.host)
     api.setName("api")
     return api
@@ -106,9 +103,9 @@ def build_control(config, config_path, *, host=None, port=None, heartbeat_interv
     )
     root.control.setName("control")
     if config.cache.mode == "hybrid":
-        from dnsgo.assemble import _BackendService, build_shared
+        from dnsgo.assemble import _BackendService, build_shared, shared_signer
 
-        root.backend, root.shared_store = build_shared(config, reactor=reactor)
+        root.backend, root.shared_store = build_shared(config, shared_signer(config), reactor=reactor)
         _BackendService(root.backend).setServiceParent(root)
     root.control.setServiceParent(root)
     if with_api:

@@ -1,6 +1,7 @@
 """
 A fake ClusterView and stats snapshots for the management API and metrics
-tests, plus a way to serve the API on 127.0.0.1 and call it over HTTP.
+tests, plus a way to serve the API (through its own Site, as dnsgo.roles
+does) on 127.0.0.1 and call it over HTTP.
 """
 import copy
 import json
@@ -11,8 +12,9 @@ from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
-from twisted.web.server import Site
 from zope.interface import implementer
+
+from dnsgo.invalidation import Flush
 
 #: 2024-01-15T10:30:00Z, the seed's lastUpdated.
 SEED_TIME = 1705314600.0
@@ -73,10 +75,11 @@ class FakeWorker:
 
 class FakeCluster:
     """
-    A ClusterView over a fixed list of workers.  ``clear`` records its calls
-    and answers that every asked worker cleared (``failing`` lists those that
-    did not); ``broken`` makes workers() raise; ``threads`` records the thread
-    of every workers() call.
+    A ClusterView over a fixed list of workers.  ``clear`` records its calls,
+    builds the Flush the real views build (so it raises as they do for what
+    the flush refuses), and answers that every asked worker cleared
+    (``failing`` lists those that did not); ``broken`` makes workers() raise;
+    ``threads`` records the thread of every workers() call.
     """
 
     def __init__(self, workers=(), mode="hybrid", shared=None, ready=True, failing=(), shared_cleared=True):
@@ -114,6 +117,7 @@ class FakeCluster:
 
     def clear(self, target, worker_ids, cache_types, name, type, subtree):
         self.clears.append((target, worker_ids, cache_types, name, type, subtree))
+        Flush(name, type, subtree, frozenset(cache_types))
         unknown = [w for w in worker_ids or () if w in self.vanished]
         if unknown:
             raise KeyError(unknown)
@@ -135,11 +139,19 @@ class FakeCluster:
                 for w in self.worker_list]
 
 
-def serve(testcase, resource) -> int:
-    """Serve ``resource`` on 127.0.0.1 (an OS-chosen port) until the test ends; return the port."""
+def serve(testcase, api, **site_options) -> int:
+    """
+    Serve the ManagementAPI ``api`` with its Site (``api.site(**site_options)``)
+    on 127.0.0.1, an OS-chosen port, until the test ends; return the port.
+    """
+    return serve_site(testcase, api.site(**site_options))
+
+
+def serve_site(testcase, site) -> int:
+    """Listen with ``site`` on 127.0.0.1 (an OS-chosen port) until the test ends; return the port."""
     from twisted.internet import reactor
 
-    port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
     testcase.addCleanup(port.stopListening)
     return port.getHost().port
 

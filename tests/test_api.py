@@ -231,7 +231,7 @@ class _Served(unittest.TestCase):
     def setUp(self):
         self.cluster = seed_cluster()
         self.api = ManagementAPI(self.cluster, token=self.token)
-        self.port = serve(self, self.api.resource())
+        self.port = serve(self, self.api)
 
     def call(self, method: bytes, path: bytes, body=None, token: str | None = TOKEN, headers=None):
         return call(self.port, method, path, token=token, body=body, headers=headers)
@@ -338,7 +338,7 @@ class OpenTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_open_without_token(self):
         """With no token configured, requests without Authorization are served."""
-        port = serve(self, ManagementAPI(seed_cluster(), token="").resource())
+        port = serve(self, ManagementAPI(seed_cluster(), token=""))
         r = yield call(port, b"GET", b"/api/workers")
         self.assertEqual(r.status, 200)
 

@@ -5,9 +5,14 @@ It reads and acts on the cluster only through a :class:`ClusterView`, which
 the composition root implements for a standalone process and for the
 control plane.  Every error response is JSON, and exceptions are mapped to
 HTTP statuses in one place (:func:`error_response`).
+
+Serve it with :meth:`ManagementAPI.site` (a :class:`dnsgo.api.site.APISite`):
+that checks the token as soon as a request's headers are in, caps request
+bodies while they arrive, and keeps query strings out of the access log.
 """
 import json
 from typing import Protocol
+from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -17,14 +22,28 @@ from klein import Klein
 
 import dnsgo
 from dnsgo.api import views
-from dnsgo.api.auth import Unauthorized, check_bearer
-from dnsgo.api.clear import RequestError, clear_response_body, parse_clear_request
+from dnsgo.api.auth import Unauthorized, check_authorization
+from dnsgo.api.clear import RequestError, clear_response_body, clip, clip_list, parse_clear_request
 from dnsgo.api.openapi import openapi_document
 from dnsgo.metrics import ClusterMetrics
 
 JSON_TYPE = b"application/json; charset=utf-8"
 #: What generate_latest() writes; every Prometheus version reads it.
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+#: The routes served without a token (probes carry none).  Every other route needs it.
+OPEN_PATHS = frozenset({"/api/health", "/api/ready"})
+
+#: The longest reason an error response carries (values in it are cut shorter still).
+MAX_REASON = 500
+
+
+class BodyTooLarge(Exception):
+    """A request body over ``limit`` bytes (HTTP 413); refused while it arrives, see dnsgo.api.site."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
 
 
 class WorkerView(Protocol):
@@ -71,7 +90,9 @@ def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, byt
     extra headers).  Anything unexpected is a 500 whose reason reveals nothing.
     """
     if isinstance(error, RequestError):
-        return 400, "bad_request", str(error), {}
+        return 400, "bad_request", clip(str(error), MAX_REASON), {}
+    if isinstance(error, BodyTooLarge):
+        return 413, "payload_too_large", str(error), {b"Connection": b"close"}
     if isinstance(error, Unauthorized):
         return 401, "unauthorized", error.reason, {b"WWW-Authenticate": b'Bearer realm="dnsgo"'}
     if isinstance(error, NotFound):
@@ -84,7 +105,8 @@ def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, byt
     return 500, "internal_error", "internal error; see the server log", {}
 
 
-def _json(request, status: int, body, headers: dict[bytes, bytes] | None = None) -> bytes:
+def json_reply(request, status: int, body, headers: dict[bytes, bytes] | None = None) -> bytes:
+    """Set ``request``'s status and headers for a JSON reply and return the body to write."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE)
     request.setHeader(b"Cache-Control", b"no-store")
@@ -93,11 +115,30 @@ def _json(request, status: int, body, headers: dict[bytes, bytes] | None = None)
     return json.dumps(body, allow_nan=False).encode("utf-8") + b"\n"
 
 
+def error_reply(request, error: BaseException) -> bytes:
+    """The JSON error reply to ``error`` (status and headers set on ``request``), as error_response maps it."""
+    status, code, reason, headers = error_response(error)
+    return json_reply(request, status, views.error_body(code, reason), headers)
+
+
+def _path_info(target: bytes) -> str | None:
+    """
+    The path a request-target routes by, decoded as twisted.web and Klein
+    decode it (each segment percent-unquoted, then UTF-8); None when it
+    cannot be decoded (Klein refuses those itself).
+    """
+    path = target.split(b"?", 1)[0]
+    try:
+        return "/" + b"/".join(unquote_to_bytes(s) for s in path[1:].split(b"/")).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class ManagementAPI:
     """
     The HTTP management API over a ClusterView.  ``token`` is the bearer
     token ('' disables authentication; then listen on loopback only, see
-    dnsgo.api.auth.check_listen_allowed).  Serve :meth:`resource`.
+    dnsgo.api.auth.check_listen_allowed).  Serve :meth:`site`.
     """
 
     app = Klein()
@@ -106,6 +147,7 @@ class ManagementAPI:
     def __init__(self, view: ClusterView, token: str = "", reactor=None) -> None:
         if reactor is None:
             from twisted.internet import reactor
+        self._reactor = reactor
         self._view = view
         self._token = token.encode("utf-8")
         self._metrics = ClusterMetrics(view, reactor=reactor)
@@ -117,33 +159,71 @@ class ManagementAPI:
         return self._metrics
 
     def resource(self):
-        """The twisted.web resource serving this API."""
+        """
+        The twisted.web resource serving this API.  Serve it through
+        :meth:`site`: on its own it checks the token only after twisted.web
+        has read the whole body, and nothing caps that body.
+        """
         return self.app.resource()
 
+    def site(self, **kwargs):
+        """
+        The twisted.web Site to listen with: :meth:`resource` behind
+        dnsgo.api.site.APISite (token checked before the body is read, body
+        capped, query strings kept out of the access log).  ``kwargs`` go to APISite.
+        """
+        from dnsgo.api.site import APISite
+
+        kwargs.setdefault("reactor", self._reactor)
+        return APISite(self, **kwargs)
+
+    def needs_token(self, method: bytes, target: bytes) -> bool:
+        """
+        Whether a request for ``method`` and ``target`` (the request-target,
+        query and all) reaches a route that needs the token: a token is set
+        and the route matched is not one of OPEN_PATHS.  A request that routes
+        nowhere (404, 405, a redirect) gets Klein's answer without its body
+        being looked at.
+        """
+        if not self._token:
+            return False
+        path = _path_info(target)
+        if path is None:
+            return False
+        adapter = self.app.url_map.bind("localhost", path_info=path, default_method=method.decode("latin-1"))
+        try:
+            rule, _ = adapter.match(return_rule=True)
+        except HTTPException:
+            return False
+        return rule.rule not in OPEN_PATHS
+
+    def check_token(self, authorization: list[bytes] | None) -> None:
+        """Raise Unauthorized unless ``authorization`` (the values of every Authorization header) is the one right token."""
+        check_authorization(authorization, self._token)
+
     def _authorize(self, request) -> None:
-        check_bearer(request.getHeader(b"Authorization"), self._token)
+        self.check_token(request.requestHeaders.getRawHeaders(b"Authorization"))
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        status, error, reason, headers = error_response(failure.value)
-        if status >= 500:
+        if error_response(failure.value)[0] >= 500:
             self.log.failure(
                 "management API: {method} {path} failed", failure,
                 method=request.method.decode("ascii", "replace"), path=request.path.decode("ascii", "replace"),
             )
-        return _json(request, status, views.error_body(error, reason), headers)
+        return error_reply(request, failure.value)
 
     @app.route("/api/health", methods=["GET"])
     def health(self, request):
         """Liveness: always ok while the process answers; no token needed."""
-        return _json(request, 200, {"status": "ok"})
+        return json_reply(request, 200, {"status": "ok"})
 
     @app.route("/api/ready", methods=["GET"])
     def ready(self, request):
         """Readiness: 200 when serving DNS, else 503; no token needed (probes carry none)."""
         if self._view.ready():
-            return _json(request, 200, {"status": "ready"})
-        return _json(request, 503, {"status": "not_ready"})
+            return json_reply(request, 200, {"status": "ready"})
+        return json_reply(request, 503, {"status": "not_ready"})
 
     @app.route("/api/cache/distributed", methods=["GET"])
     async def distributed(self, request):
@@ -151,7 +231,7 @@ class ManagementAPI:
         self._authorize(request)
         shared = await self._view.shared_cache()
         view = self._view
-        return _json(request, 200, views.distributed_body(view.mode(), view.workers(), shared, view.architecture()))
+        return json_reply(request, 200, views.distributed_body(view.mode(), view.workers(), shared, view.architecture()))
 
     @app.route("/api/cache/distributed", methods=["DELETE"])
     async def clear(self, request):
@@ -176,25 +256,25 @@ class ManagementAPI:
         shared_expected = req.target == "shared" or (
             req.target == "all" and mode == "hybrid" and "rrset" in req.cache_types
         )
-        return _json(request, 200, clear_response_body(result, shared_expected))
+        return json_reply(request, 200, clear_response_body(result, shared_expected))
 
     @app.route("/api/workers", methods=["GET"])
     def workers(self, request):
         """Every worker's identity, liveness and totals."""
         self._authorize(request)
-        return _json(request, 200, views.workers_body(self._view.workers()))
+        return json_reply(request, 200, views.workers_body(self._view.workers()))
 
     @app.route("/api/upstreams", methods=["GET"])
     def upstreams(self, request):
         """Every worker's upstreams (L3)."""
         self._authorize(request)
-        return _json(request, 200, views.upstreams_body(self._view.upstreams()))
+        return json_reply(request, 200, views.upstreams_body(self._view.upstreams()))
 
     @app.route("/api/openapi.json", methods=["GET"])
     def openapi(self, request):
         """The OpenAPI 3.0 document of this API."""
         self._authorize(request)
-        return _json(request, 200, self._openapi)
+        return json_reply(request, 200, self._openapi)
 
     @app.route("/metrics", methods=["GET"])
     async def prometheus(self, request):
@@ -206,7 +286,7 @@ class ManagementAPI:
 
 
 def _refuse_unknown(ids) -> None:
-    """RequestError naming unknown worker ids, if there are any."""
+    """RequestError naming unknown worker ids (the first few, each cut short), if there are any."""
     ids = [ids] if isinstance(ids, str) else list(ids)
     if ids:
-        raise RequestError(f"unknown worker id(s): {', '.join(map(str, ids))}")
+        raise RequestError(f"unknown worker id(s): {clip_list(ids)}")

@@ -2,7 +2,8 @@
 Bearer-token authentication of the management API.
 
 With a token configured, a request is let in only when it carries
-``Authorization: Bearer <token>``; the comparison is constant-time on bytes.
+``Authorization: Bearer <token>`` (exactly one such header: two are refused
+rather than one of them picked); the comparison is constant-time on bytes.
 Without a token the API is open, so it may then listen only on a loopback
 address (:func:`check_listen_allowed`).  Tokens are never logged or echoed.
 """
@@ -63,3 +64,17 @@ def check_bearer(authorization: bytes | None, token: bytes) -> None:
         raise Unauthorized("the Authorization scheme must be Bearer")
     if not hmac.compare_digest(credentials.strip(), token):
         raise Unauthorized("invalid bearer token")
+
+
+def check_authorization(values: list[bytes] | None, token: bytes) -> None:
+    """
+    :func:`check_bearer` over every ``Authorization`` header of a request
+    (``values`` as ``Headers.getRawHeaders`` gives them, None for none).
+    More than one is refused whatever they hold: which one a proxy or a
+    server reads is not defined, so neither may be trusted.
+    """
+    if not token:
+        return
+    if values and len(values) > 1:
+        raise Unauthorized("more than one Authorization header")
+    check_bearer(values[0] if values else None, token)

@@ -13,28 +13,30 @@ Request (every field optional; an empty object ``{}`` clears everything)::
 
 The shared cache holds RRsets only, so ``target: shared`` with
 ``cacheType: message`` is refused.  Unknown fields are refused too: a typo
-must not silently widen a flush.
+must not silently widen a flush, and so are repeated keys (``{"name": "x",
+"name": null}`` would otherwise be read as its last value).  ``type`` is
+parsed by :func:`dnsgo.invalidation.parse_qtype`, the parser the flush
+itself uses, so a type this module accepts is one the caches accept.
+
+Values echoed in a reason are cut to about :data:`ECHO_LIMIT` characters
+(:func:`clip`, :func:`shown`): a 50 MB name must not come back as a 100 MB error.
 """
 import json
-import re
 
 import attrs
-from twisted.names import dns
 
 from dnsgo import wire
+from dnsgo.invalidation import parse_qtype, qtype_text
 
 TARGETS = ("all", "worker", "shared")
 CACHE_TYPES = ("all", "message", "rrset")
 FIELDS = ("target", "workerIds", "cacheType", "name", "type", "subtree")
 
-#: Type mnemonics beyond twisted.names' table (IANA DNS parameters).
-_MORE_TYPES = {
-    "LOC": 29, "CERT": 37, "KX": 36, "APL": 42, "DS": 43, "IPSECKEY": 45, "RRSIG": 46, "NSEC": 47,
-    "DNSKEY": 48, "DHCID": 49, "NSEC3": 50, "NSEC3PARAM": 51, "TLSA": 52, "SMIMEA": 53, "HIP": 55,
-    "CDS": 59, "CDNSKEY": 60, "OPENPGPKEY": 61, "CSYNC": 62, "ZONEMD": 63, "SVCB": 64, "HTTPS": 65,
-    "EUI48": 108, "EUI64": 109, "URI": 256, "CAA": 257, "ANY": 255,
-}
-_GENERIC_TYPE = re.compile(r"TYPE(\d{1,5})\Z")
+#: About how many characters of a client's value a reason repeats.
+ECHO_LIMIT = 100
+#: How many unknown fields or worker ids a reason names at most, and in how many characters.
+ECHO_COUNT = 10
+ECHO_LIST_LIMIT = 3 * ECHO_LIMIT
 
 
 class RequestError(ValueError):
@@ -53,16 +55,43 @@ class ClearRequest:
     subtree: bool = False
 
 
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with an ellipsis when it was longer."""
+    return text if len(text) <= limit else text[:limit] + "\u2026"
+
+
+def shown(value, limit: int = ECHO_LIMIT) -> str:
+    """How a reason quotes a client's value: its ``repr``, :func:`clip`-ped."""
+    return clip(repr(value), limit)
+
+
+def clip_list(values, limit: int = ECHO_COUNT) -> str:
+    """
+    The first values (at most ``limit``, in about :data:`ECHO_LIST_LIMIT`
+    characters), each :func:`clip`-ped, comma-separated, and how many more there are.
+    """
+    values = [str(v) for v in values]
+    shown_values = []
+    for value in values[:limit]:
+        if shown_values and sum(len(v) + 2 for v in shown_values) + len(clip(value)) > ECHO_LIST_LIMIT:
+            break
+        shown_values.append(clip(value))
+    text = ", ".join(shown_values)
+    more = len(values) - len(shown_values)
+    return f"{text} and {more} more" if more else text
+
+
 def type_code(mnemonic: str) -> int:
-    """The RR type number of a mnemonic (``"AAAA"``, ``"https"``, ``"TYPE65"``); RequestError if unknown."""
-    upper = mnemonic.upper()
-    generic = _GENERIC_TYPE.match(upper)
-    if generic and int(generic.group(1)) <= 0xFFFF:
-        return int(generic.group(1))
-    code = _MORE_TYPES.get(upper, dns.REV_TYPES.get(upper))
-    if code is None:
-        raise RequestError(f"unknown RR type {mnemonic!r}")
-    return code
+    """
+    The RR type number of ``mnemonic`` (``"AAAA"``, ``"https"``, ``"TYPE65"``,
+    ``"65"``) as :func:`dnsgo.invalidation.parse_qtype`, the one parser of
+    record types, reads it; RequestError if it is unknown or out of 1..65535.
+    """
+    try:
+        return parse_qtype(mnemonic)
+    except ValueError:
+        raise RequestError(f"unknown RR type {shown(mnemonic)}: expected a mnemonic (A, HTTPS) "
+                           "or TYPEnnn with nnn in 1..65535") from None
 
 
 def canonical_name(text: str) -> str:
@@ -70,7 +99,18 @@ def canonical_name(text: str) -> str:
     try:
         return wire.name_to_text(wire.text_to_name(text))
     except ValueError as error:
-        raise RequestError(f"bad name {text!r}: {error}") from None
+        # wire's messages may quote the whole name again: cut them too.
+        raise RequestError(f"bad name {shown(text)}: {clip(str(error), 2 * ECHO_LIMIT)}") from None
+
+
+def _unique_keys(pairs: list) -> dict:
+    """json's object_pairs_hook: an object, refusing a key that appears twice."""
+    obj = {}
+    for key, value in pairs:
+        if key in obj:
+            raise RequestError(f"duplicate key {shown(key)}: each key may appear once")
+        obj[key] = value
+    return obj
 
 
 def _field(body: dict, key: str, kind: type, what: str):
@@ -86,21 +126,28 @@ def _choice(body: dict, key: str, options: tuple[str, ...]) -> str:
     if value is None:
         return options[0]
     if value not in options:
-        raise RequestError(f"unknown {key} {value!r}: expected one of {', '.join(options)}")
+        raise RequestError(f"unknown {key} {shown(value)}: expected one of {', '.join(options)}")
     return value
 
 
 def parse_clear_request(raw: bytes) -> ClearRequest:
-    """Decode and check a clear request body; RequestError says what is wrong."""
+    """
+    Decode and check a clear request body; RequestError says what is wrong
+    (also for repeated keys and for nesting too deep for the JSON decoder).
+    """
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except RequestError:
+        raise
+    except RecursionError:
+        raise RequestError("the body is not valid JSON: it is nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as error:
-        raise RequestError(f"the body is not valid JSON: {error}") from None
+        raise RequestError(f"the body is not valid JSON: {clip(str(error), 2 * ECHO_LIMIT)}") from None
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object")
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(unknown)}: expected {', '.join(FIELDS)}")
+        raise RequestError(f"unknown field(s) {clip_list(unknown)}: expected {', '.join(FIELDS)}")
     target = _choice(body, "target", TARGETS)
     cache_type = _choice(body, "cacheType", CACHE_TYPES)
     worker_ids = _field(body, "workerIds", list, "a list of worker ids")
@@ -118,8 +165,10 @@ def parse_clear_request(raw: bytes) -> ClearRequest:
     if name is None and (rrtype is not None or subtree is not None):
         raise RequestError("type and subtree need a name")
     if rrtype is not None:
-        type_code(rrtype)
-        rrtype = rrtype.upper()
+        # The code's canonical text ("aaaa" -> "AAAA", "TYPE65" -> "HTTPS", "65280" -> "TYPE65280"),
+        # which the views hand to Flush, whose parse_qtype reads it back.
+        text = qtype_text(type_code(rrtype))
+        rrtype = text if isinstance(text, str) else f"TYPE{text}"
     return ClearRequest(
         target=target,
         worker_ids=tuple(dict.fromkeys(worker_ids)) if worker_ids is not None else None,

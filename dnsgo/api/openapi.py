@@ -124,6 +124,9 @@ def _responses() -> dict:
             "The bearer token is missing or wrong.", error,
             headers={"WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}},
         ),
+        "PayloadTooLarge": _json(
+            "The request body is over 64 KiB; refused as it arrives, and the connection is closed.", error,
+        ),
         "InternalError": _json("An unexpected error (logged by the server).", error),
     }
 
@@ -149,7 +152,8 @@ def openapi_document(version: str) -> dict:
             "description": (
                 "Cache statistics and cache clearing across dnsgo workers, worker and upstream state, "
                 "health, readiness and Prometheus metrics.  Every route except /api/health and "
-                "/api/ready needs 'Authorization: Bearer <token>' when a token is configured."
+                "/api/ready needs 'Authorization: Bearer <token>' (one such header) when a token is configured.  "
+                "Request bodies are limited to 64 KiB (413)."
             ),
         },
         "security": [{"bearerAuth": []}],
@@ -164,6 +168,7 @@ def openapi_document(version: str) -> dict:
                         "200": _json("What was cleared where.", _ref("ClearResponse")),
                         "400": {"$ref": "#/components/responses/BadRequest"},
                         "401": {"$ref": "#/components/responses/Unauthorized"},
+                        "413": {"$ref": "#/components/responses/PayloadTooLarge"},
                         "500": {"$ref": "#/components/responses/InternalError"},
                     },
                 },

@@ -103,12 +103,16 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 
 
 def makeService(options: Options):
-    """twistd's entry point: the role the command line asks for."""
+    """
+    twistd's entry point: the role the command line asks for, in a process
+    whose soft open-file limit is raised to the hard one (see dnsgo.fdlimit).
+    """
     import gc
 
-    from dnsgo import roles
+    from dnsgo import fdlimit, roles
 
     gc.set_threshold(*GC_THRESHOLDS)
+    fdlimit.raise_open_file_limit()
     try:
         if options.subCommand == "control":
             sub = options.subOptions

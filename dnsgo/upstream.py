@@ -50,22 +50,34 @@ Identical questions in flight at the same time (same lowercased name, type,
 class, DO and CD) share one upstream query; each caller gets its own
 Deferred, all firing with the same :class:`UpstreamReply`.
 
-Twisted logs two lines for every UDP socket it opens and closes ("starting
-on N", "(UDP Port N Closed)"); filter them in the log observer if they are
-too loud.
+An exchange that cannot get a socket because the process (EMFILE) or the
+system (ENFILE) is out of descriptors, or the kernel out of buffers, is not
+the server's fault: it is counted in ``stats.no_socket``, logged at most
+once a minute without a traceback, and asks again for a socket after 10 ms,
+doubling up to 100 ms, until the attempt's deadline; then the attempt ends
+as if it had timed out (without a failure on the server's record) and the
+next one begins.  Descriptors come back as other exchanges end, so a short
+shortage delays answers instead of failing them; a lasting one ends in
+:class:`UpstreamTimeout` like dead upstreams.
+
+The sockets of an exchange do not log: the UDP port is a quiet ``udp.Port``
+when the reactor is a posix one, and the factory of the TCP leg is not
+``noisy`` (no "Starting factory" / "Stopping factory" per exchange).
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import secrets
 import struct
 
 import attrs
 from twisted.internet import base, defer, udp
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectError
 from twisted.internet.posixbase import PosixReactorBase
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
-from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.logger import Logger
 from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python import log
@@ -87,6 +99,32 @@ _USABLE = "usable"
 _UNUSABLE = "unusable"
 _FAILED = "failed"
 _ABANDONED = "abandoned"
+
+#: Opening a socket failed for want of a descriptor or buffer, not because
+#: of the server.
+_NO_DESCRIPTOR_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+#: The first wait before asking again for a socket, and the longest.
+SOCKET_RETRY_FIRST = 0.01
+SOCKET_RETRY_MAX = 0.1
+
+#: At most one log line per this many seconds about missing descriptors.
+NO_SOCKET_LOG_INTERVAL = 60.0
+
+_log = Logger(namespace="dnsgo.upstream")
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """
+    Whether ``exc``, raised (or errbacked) when opening a socket, says the
+    process or system has no descriptor or buffer to spare (EMFILE, ENFILE,
+    ENOBUFS, ENOMEM), whether bare or wrapped by Twisted.
+    """
+    if isinstance(exc, CannotListenError):
+        exc = exc.socketError
+    elif isinstance(exc, ConnectError):
+        return exc.osError in _NO_DESCRIPTOR_ERRNOS
+    return isinstance(exc, OSError) and exc.errno in _NO_DESCRIPTOR_ERRNOS
 
 
 class UpstreamTimeout(defer.TimeoutError):
@@ -124,6 +162,7 @@ class UpstreamStats:
     unusable: int = 0  # SERVFAIL/REFUSED/NOTIMP/FORMERR replies accepted
     timeouts: int = 0  # exchanges that reached their deadline
     refused: int = 0  # ICMP port unreachable, failed TCP connections, socket errors
+    no_socket: int = 0  # sockets not opened for want of a descriptor (EMFILE/ENFILE): asked again later
     spoofed: int = 0  # messages ignored: wrong source, ID, QR or question
     malformed: int = 0  # messages ignored: matching header but undecodable
     failed: int = 0  # queries that ended in UpstreamTimeout
@@ -187,6 +226,7 @@ class UpstreamPool:
         self._endpoints = {server: _ServerAddress.of(server) for server in infra.servers}
         self._pending: dict[tuple, _Resolution] = {}
         self.stats = UpstreamStats()
+        self._no_socket_logged = float("-inf")
         if isinstance(reactor, PosixReactorBase):
             self._listen_udp = self._quiet_port
         else:
@@ -229,6 +269,27 @@ class UpstreamPool:
     def _forget(self, key: tuple, resolution: _Resolution) -> None:
         if self._pending.get(key) is resolution:
             del self._pending[key]
+
+    def _no_socket(self, reason: BaseException) -> None:
+        """Count a socket that could not be opened for want of a descriptor; log it now and then."""
+        self.stats.no_socket += 1
+        now = self._reactor.seconds()
+        if now - self._no_socket_logged >= NO_SOCKET_LOG_INTERVAL:
+            self._no_socket_logged = now
+            _log.warn(
+                "out of file descriptors for upstream sockets ({reason}); sends wait for one "
+                "({count} so far). Raise the open-file limit or lower server.tcp_max_connections",
+                reason=errno.errorcode.get(_errno_of(reason), "?"),
+                count=self.stats.no_socket,
+            )
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    if isinstance(exc, CannotListenError):
+        exc = exc.socketError
+    if isinstance(exc, ConnectError):
+        return exc.osError
+    return getattr(exc, "errno", None)
 
 
 @attrs.frozen
@@ -374,7 +435,7 @@ class _Attempt:
     def _expire(self) -> None:
         self._timer = None
         for exchange in self._exchanges:
-            if not exchange.finished and exchange.started:
+            if not exchange.finished and exchange.started and not exchange.waiting_for_socket:
                 self.pool.stats.timeouts += 1
             exchange.stop(_FAILED)
         self._end(None)
@@ -414,31 +475,72 @@ class _Exchange:
         self._query_id = 0
         self._sent_at = 0.0
         self._sample_rtt: float | None = None
+        self._socket_wait = None  # the delayed call asking again for a socket
+        self._socket_waits = 0
+
+    @property
+    def waiting_for_socket(self) -> bool:
+        """Whether the exchange waits for a free descriptor to open its socket."""
+        return self._socket_wait is not None
 
     def start(self) -> None:
-        """Open a fresh socket and send the query."""
+        """Open a fresh socket and send the query (or, out of descriptors, wait to try again)."""
+        pool = self.pool
+        self._socket_wait = None
+        try:
+            port = pool._listen_udp(
+                _UDPClient(self),
+                "::" if self.address.ipv6 else "0.0.0.0",
+                max(8192, pool._udp_size),
+            )
+        except Exception as e:
+            if out_of_descriptors(e):
+                self._wait_for_socket(e, self.start)
+                return
+            self._begin()
+            log.err(None, f"dnsgo: cannot open a socket for upstream {self.server}")
+            self.refused()
+            return
+        self._begin()
+        self._port = port
+        try:
+            port.connect(self.address.host, self.address.port)
+            port.write(self._new_query())
+        except Exception:
+            log.err(None, f"dnsgo: cannot send to upstream {self.server}")
+            self.refused()
+
+    def _begin(self) -> None:
+        """The query goes out: start the clock and tell the infra cache."""
         pool = self.pool
         self.started = True
         self._sent_at = pool._reactor.seconds()
         pool._infra.started(self.server)
         pool.stats.sent += 1
-        try:
-            self._port = pool._listen_udp(
-                _UDPClient(self),
-                "::" if self.address.ipv6 else "0.0.0.0",
-                max(8192, pool._udp_size),
-            )
-            self._port.connect(self.address.host, self.address.port)
-            self._port.write(self._new_query())
-        except Exception:
-            log.err(None, f"dnsgo: cannot send to upstream {self.server}")
-            self.refused()
+
+    def _wait_for_socket(self, reason: BaseException, retry) -> None:
+        """No descriptor for a socket: count it, and call ``retry`` a little later (the deadline may come first)."""
+        pool = self.pool
+        pool._no_socket(reason)
+        delay = min(SOCKET_RETRY_MAX, SOCKET_RETRY_FIRST * 2 ** self._socket_waits)
+        self._socket_waits += 1
+        self._socket_wait = pool._reactor.callLater(delay, retry)
+
+    def _cancel_socket_wait(self) -> bool:
+        """Stop waiting for a socket; whether the exchange was waiting."""
+        call, self._socket_wait = self._socket_wait, None
+        if call is None:
+            return False
+        if call.active():
+            call.cancel()
+        return True
 
     def stop(self, outcome: str) -> None:
         """End the exchange without a reply (timeout or abandonment)."""
         if self.started:
             self._finish(outcome, None)
         else:
+            self._cancel_socket_wait()
             self.finished = True
 
     def refused(self) -> None:
@@ -524,14 +626,18 @@ class _Exchange:
         self._finish(_USABLE if usable else _UNUSABLE, reply)
 
     def _start_tcp(self) -> None:
-        pool = self.pool
-        pool.stats.tcp += 1
+        self.pool.stats.tcp += 1
         self._close_udp()
+        self._connect_tcp()
+
+    def _connect_tcp(self) -> None:
+        pool = self.pool
+        self._socket_wait = None
         remaining = max(0.0, self.attempt.deadline - pool._reactor.seconds())
         endpoint_class = TCP6ClientEndpoint if self.address.ipv6 else TCP4ClientEndpoint
         endpoint = endpoint_class(pool._reactor, self.address.host, self.address.port, timeout=remaining + 1)
         self._tcp = _TCPClient(self, self._new_query())
-        self._connecting = connectProtocol(endpoint, self._tcp)
+        self._connecting = endpoint.connect(_OneShotFactory(self._tcp))
         self._connecting.addCallbacks(self._tcp_connected, self._tcp_connect_failed)
 
     def _tcp_connected(self, _protocol) -> None:
@@ -539,13 +645,21 @@ class _Exchange:
 
     def _tcp_connect_failed(self, reason) -> None:
         self._connecting = None
-        if not reason.check(defer.CancelledError):
-            self.refused()
+        if self.finished or reason.check(defer.CancelledError):
+            return
+        if out_of_descriptors(reason.value):
+            self._tcp = None
+            self._wait_for_socket(reason.value, self._connect_tcp)
+            return
+        self.refused()
 
     def _finish(self, outcome: str, reply: UpstreamReply | None) -> None:
         if self.finished:
             return
         self.finished = True
+        if self._cancel_socket_wait() and outcome == _FAILED:
+            # Out of descriptors at the deadline: not the server's fault.
+            outcome = _ABANDONED
         self._close_udp()
         self._close_tcp()
         infra = self.pool._infra
@@ -632,6 +746,22 @@ class _UDPClient(DatagramProtocol):
         than calling ``connectionRefused``.
         """
         self._exchange.udp_closed()
+
+
+class _OneShotFactory(Factory):
+    """
+    The factory of one exchange's TCP connection: hands over its protocol,
+    and does not log "Starting factory" / "Stopping factory" every time.
+    """
+
+    noisy = False
+
+    def __init__(self, protocol: _TCPClient):
+        self._protocol = protocol
+
+    def buildProtocol(self, addr) -> _TCPClient:
+        """The exchange's protocol."""
+        return self._protocol
 
 
 class _TCPClient(Int16StringReceiver):

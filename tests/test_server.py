@@ -12,11 +12,15 @@ import dns.message
 import dns.opcode
 import dns.rcode
 import dns.rdatatype
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from tests.authority import Authority, AuthorityServer
+from dnsgo.server import TCP_MAX_IN_FLIGHT, TCP_OUTPUT_LIMIT, DNSStreamFactory, queued_output
+from tests.authority import Authority, AuthorityServer, big_txt_lines, make_zone
 from tests.harness import DIG, ask, dig, port, raw_tcp, raw_udp, start_dnsgo
+from tests.hostile_clients import framed, open_non_reading_clients, with_id
 
 
 class ForwardingTests(unittest.TestCase):
@@ -312,3 +316,200 @@ class DigTests(unittest.TestCase):
         out = yield dig(self.port, "nope.example.test", "A")
         self.assertIn("status: NXDOMAIN", out)
         self.assertIn("SOA", out)
+
+
+class BufferedTransport(StringTransport):
+    """
+    A StringTransport that acts like a socket transport whose peer does not
+    read: written bytes stay queued (``dataBuffer``), it pauses its
+    streaming producer past ``bufferSize``, and :meth:`drain` plays the
+    client reading, resuming the producer once nothing is left.
+    """
+
+    bufferSize = 65536
+    offset = 0
+    _tempDataLen = 0
+
+    @property
+    def dataBuffer(self) -> bytes:
+        return self.value()
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None and self.streaming and len(self.value()) > self.bufferSize:
+            self.producer.pauseProducing()
+
+    def drain(self, n: int | None = None) -> None:
+        """The client reads ``n`` bytes (all by default)."""
+        data = self.value()
+        n = len(data) if n is None else n
+        self.clear()
+        self.io.write(data[n:])
+        if not self.value() and self.producer is not None:
+            self.producer.resumeProducing()
+
+
+class _StubHandler:
+    """A QueryHandler stand-in: ``reply(data)`` decides each answer; every call is recorded."""
+
+    def __init__(self, reply) -> None:
+        self.reply = reply
+        self.calls: list[bytes] = []
+
+    def handle(self, data: bytes, client: str, tcp: bool = False):
+        self.calls.append(data)
+        return self.reply(data)
+
+    def servfail(self, data: bytes) -> bytes:
+        return data[:2] + b"\x81\x82" + data[4:]
+
+
+def _queries(count: int) -> bytes:
+    """``count`` framed queries with IDs 0, 1, ..."""
+    wire = dns.message.make_query("www.example.test", "A").to_wire()
+    return b"".join(framed(with_id(wire, i)) for i in range(count))
+
+
+class StreamBackpressureTests(unittest.SynchronousTestCase):
+    """How the TCP protocol bounds what one client can make it hold (fake transport, Clock)."""
+
+    def connect(self, reply, **kw):
+        """A connection over a BufferedTransport to a factory whose handler answers with ``reply``."""
+        self.clock = task.Clock()
+        self.handler = _StubHandler(reply)
+        self.factory = DNSStreamFactory(self.handler, idle_timeout=10, reactor=self.clock, **kw)
+        proto = self.factory.buildProtocol(None)
+        transport = BufferedTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_registered_as_streaming_producer(self):
+        """Each connection is its transport's streaming producer, with the output limit as its buffer size."""
+        proto, transport = self.connect(lambda data: data)
+        self.assertIs(transport.producer, proto)
+        self.assertTrue(transport.streaming)
+        self.assertEqual(transport.bufferSize, TCP_OUTPUT_LIMIT)
+
+    def test_full_write_buffer_stops_reading(self):
+        """
+        Replies past the output limit pause the transport and leave the
+        remaining pipelined queries unparsed; once the client reads them
+        all, the rest are answered.
+        """
+        big = b"\x00" * 4000
+        proto, transport = self.connect(lambda data: data[:2] + big)
+        proto.dataReceived(_queries(100))
+        answered = len(self.handler.calls)
+        self.assertEqual(answered, TCP_OUTPUT_LIMIT // 4004 + 1)
+        self.assertEqual(transport.producerState, "paused")
+        self.assertLess(len(transport.value()), TCP_OUTPUT_LIMIT + 4004 + 1)
+        while len(self.handler.calls) < 100:
+            transport.drain()
+        self.assertEqual(len(self.handler.calls), 100)
+
+    def test_in_flight_cap_stops_reading(self):
+        """
+        At most TCP_MAX_IN_FLIGHT queries of a connection are resolved at
+        once: the next wait unread until one is answered.
+        """
+        pending = []
+
+        def reply(data):
+            d = defer.Deferred()
+            pending.append((d, data))
+            return d
+
+        proto, transport = self.connect(reply)
+        proto.dataReceived(_queries(40))
+        self.assertEqual(len(self.handler.calls), TCP_MAX_IN_FLIGHT)
+        self.assertEqual(transport.producerState, "paused")
+        d, data = pending.pop(0)
+        d.callback(data)
+        self.assertEqual(len(self.handler.calls), TCP_MAX_IN_FLIGHT + 1)
+        self.assertEqual(transport.producerState, "paused")
+        while pending:
+            d, data = pending.pop(0)
+            d.callback(data)
+        self.assertEqual(len(self.handler.calls), 40)
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(len(transport.value()), 40 * len(framed(data)))
+
+    def test_stalled_writes_aborted_at_idle_timeout(self):
+        """
+        A client that reads none of the queued replies for the idle timeout
+        is aborted (loseConnection would wait for it forever).
+        """
+        proto, transport = self.connect(lambda data: data[:2] + b"\x00" * 4000)
+        proto.dataReceived(_queries(100))
+        self.clock.advance(9.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(self.factory.stalled, 1)
+
+    def test_slow_reader_gets_another_period(self):
+        """A client that read some of the queued replies during the idle timeout is given another period."""
+        proto, transport = self.connect(lambda data: data[:2] + b"\x00" * 4000)
+        proto.dataReceived(_queries(100))
+        self.clock.advance(5)
+        transport.drain(1000)
+        self.clock.advance(5.1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(10)
+        self.assertTrue(transport.disconnected)
+
+    def test_drained_connection_closes_cleanly_when_idle(self):
+        """
+        A client that read every reply gets its paused queries answered, and
+        is closed cleanly (not aborted) after the idle timeout.
+        """
+        proto, transport = self.connect(lambda data: data[:2] + b"\x00" * 4000)
+        proto.dataReceived(_queries(30))
+        self.assertLess(len(self.handler.calls), 30)
+        while len(self.handler.calls) < 30:
+            transport.drain()
+        transport.drain()
+        self.clock.advance(10.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnected)
+        self.assertIsNone(transport.producer)
+
+    def test_unanswerable_query_unregisters_producer(self):
+        """A query that ends the connection unregisters the producer, so that loseConnection can close it."""
+        proto, transport = self.connect(lambda data: None)
+        proto.dataReceived(_queries(5))
+        self.assertEqual(len(self.handler.calls), 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+
+
+class NonReadingTCPTests(unittest.TestCase):
+    """In-process server, real sockets: TCP clients that never read."""
+
+    @defer.inlineCallbacks
+    def test_queued_replies_bounded(self):
+        """
+        10 TCP clients that pipeline 2,000 queries for a 3.7 KB answer and
+        never read leave at most the output limit plus one reply and the
+        in-flight replies queued per connection in the server (not the
+        7 MB each of their answers), and UDP queries are answered meanwhile.
+        """
+        auth = AuthorityServer(Authority(make_zone(big_txt_lines("huge", 17)))).start()
+        self.addCleanup(auth.stop)
+        root = start_dnsgo(self, [auth.address])
+        p = port(root)
+        yield ask(p, "huge.example.test", "TXT", tcp=True)
+        query = dns.message.make_query("huge.example.test", "TXT", use_edns=0, payload=1232).to_wire()
+        clients = open_non_reading_clients(p, query, 10, 2000)
+        self.addCleanup(lambda: [c.close() for c in clients])
+        factory = root.dns_service.tcp_factory
+        peak = 0
+        for _ in range(10):
+            yield task.deferLater(reactor, 0.1, lambda: None)
+            for c in clients:
+                c.pump()
+            peak = max(peak, sum(queued_output(conn.transport) for conn in factory.connections))
+            r = yield ask(p, "www.example.test", "A", timeout=2)
+            self.assertEqual(r.rcode(), dns.rcode.NOERROR)
+        self.assertEqual(len(factory.connections), 10)
+        self.assertLessEqual(peak, 10 * (TCP_OUTPUT_LIMIT + (TCP_MAX_IN_FLIGHT + 1) * 3800))

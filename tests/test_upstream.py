@@ -5,18 +5,21 @@ The first group drives the pool with a fake reactor (a Clock and in-memory
 UDP ports) to check timing and bookkeeping exactly; the second runs real
 UDP and TCP sockets on 127.0.0.1 against small fake upstream servers.
 """
+import errno
 import struct
 import time
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet import reactor
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectBindError
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dnsgo.cache.infra import DEGRADED, HEALTHY, InfraCache
-from dnsgo.upstream import UpstreamPool, UpstreamReply, UpstreamTimeout
+from dnsgo.upstream import UpstreamPool, UpstreamReply, UpstreamTimeout, out_of_descriptors
 from tests.upstream_fakes import (
     ANSWER_ADDRESS,
     FakeUDPReactor,
@@ -379,6 +382,148 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual((port.interface, port.connected_to), ("::", ("2001:db8::1", 53)))
 
 
+def emfile() -> OSError:
+    return OSError(errno.EMFILE, "Too many open files")
+
+
+class NoDescriptorReactor(FakeUDPReactor):
+    """A FakeUDPReactor whose listenUDP raises ``error`` the first ``failures`` times (None: every time)."""
+
+    def __init__(self, failures=None, error=None):
+        super().__init__()
+        self.failures = failures
+        self.error = error if error is not None else emfile()
+        self.refusals = 0
+
+    def listenUDP(self, port, protocol, interface="", maxPacketSize=8192):
+        if self.failures is None or self.refusals < self.failures:
+            self.refusals += 1
+            raise self.error
+        return super().listenUDP(port, protocol, interface, maxPacketSize)
+
+
+class NoDescriptorTests(SynchronousTestCase):
+    """
+    Upstream sockets that cannot be opened for want of descriptors: counted
+    in stats.no_socket, no traceback (trial fails a test that logs one), no
+    failure on the server's record, and asked again within the deadline.
+    """
+
+    def pool(self, fake, servers=(A, B), **kwargs):
+        infra = InfraCache(list(servers), fake)
+        return infra, UpstreamPool(infra, reactor=fake, **kwargs)
+
+    def capture_log(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+    def test_classification(self):
+        """EMFILE, ENFILE, ENOBUFS and ENOMEM count as no descriptor, bare or wrapped by Twisted; others do not."""
+        self.assertTrue(out_of_descriptors(emfile()))
+        self.assertTrue(out_of_descriptors(OSError(errno.ENFILE, "x")))
+        self.assertTrue(out_of_descriptors(CannotListenError("0.0.0.0", 0, emfile())))
+        self.assertTrue(out_of_descriptors(ConnectBindError(errno.EMFILE, "Too many open files")))
+        self.assertFalse(out_of_descriptors(OSError(errno.EACCES, "x")))
+        self.assertFalse(out_of_descriptors(CannotListenError("0.0.0.0", 0, OSError(errno.EADDRINUSE, "x"))))
+        self.assertFalse(out_of_descriptors(ValueError()))
+
+    def test_waits_for_a_socket_then_sends(self):
+        """
+        After three EMFILEs the socket is asked for again after 10, 20 and
+        40 ms, the query goes out and is answered; each refusal is counted,
+        nothing is logged as an error, and the server's record is clean.
+        """
+        fake = NoDescriptorReactor(failures=3)
+        infra, pool = self.pool(fake)
+        out = results(pool.query(QNAME, dns.A))
+        self.assertEqual((fake.udp_ports, pool.stats.no_socket), ([], 1))
+        fake.advance(0.01)
+        fake.advance(0.02)
+        self.assertEqual((fake.udp_ports, pool.stats.no_socket), ([], 3))
+        fake.advance(0.04)
+        [port] = fake.udp_ports
+        self.assertEqual(port.connected_to, A)
+        fake.advance(0.05)
+        port.deliver(reply_to(decode(port.written[0])))
+        [reply] = out
+        self.assertEqual((reply.server, reply.rtt), (A, 0.05))
+        self.assertEqual((pool.stats.no_socket, pool.stats.sent, pool.stats.refused), (3, 1, 0))
+        status = infra.snapshot()[0]
+        self.assertEqual((status.failures, status.in_flight, status.queries), (0, 0, 1))
+        self.assertEqual(fake.getDelayedCalls(), [])
+
+    def test_no_socket_until_deadline_fails_like_timeout(self):
+        """
+        With no descriptor at all, every attempt waits its whole timeout and
+        the query fails with UpstreamTimeout after timeout x (retries + 1),
+        without marking any server failed; no call is left behind.
+        """
+        fake = NoDescriptorReactor(error=CannotListenError("0.0.0.0", 0, emfile()))
+        infra, pool = self.pool(fake, timeout=1.0, retries=1)
+        out = results(pool.query(QNAME, dns.A))
+        fake.pump([0.01] * 199)
+        self.assertEqual(out, [])
+        fake.advance(0.02)
+        [failure] = out
+        failure.trap(UpstreamTimeout)
+        self.assertEqual((pool.stats.failed, pool.stats.timeouts, pool.stats.refused), (1, 0, 0))
+        self.assertGreater(pool.stats.no_socket, 20)
+        self.assertEqual([(s.failures, s.in_flight) for s in infra.snapshot()], [(0, 0), (0, 0)])
+        self.assertEqual(fake.getDelayedCalls(), [])
+
+    def test_no_socket_logged_once_without_traceback(self):
+        """Many refused sockets make one warning line (no traceback) per minute, not one per socket."""
+        events = self.capture_log()
+        fake = NoDescriptorReactor()
+        _, pool = self.pool(fake, timeout=1.0, retries=0)
+        for i in range(5):
+            results(pool.query(name(f"n{i}"), dns.A))
+        fake.pump([0.1] * 11)
+        self.assertGreater(pool.stats.no_socket, 50)
+        [event] = [e for e in events if e.get("log_namespace") == "dnsgo.upstream"]
+        self.assertNotIn("log_failure", event)
+        self.assertIn("EMFILE", formatEvent(event))
+        self.assertEqual([e for e in events if e.get("isError") or "log_failure" in e], [])
+
+    def test_cancel_while_waiting(self):
+        """A caller that goes away while its exchange waits for a socket leaves no call behind."""
+        fake = NoDescriptorReactor()
+        _, pool = self.pool(fake)
+        d = pool.query(QNAME, dns.A)
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        self.assertEqual(fake.getDelayedCalls(), [])
+
+    def test_tcp_leg_waits_for_a_socket(self):
+        """
+        After TC=1, a TCP connection refused with EMFILE is counted and
+        tried again shortly; the answer then comes over TCP and the server's
+        record is clean.
+        """
+        fake = FakeUDPReactor()
+        infra, pool = self.pool(fake)
+        out = results(pool.query(QNAME, dns.A))
+        first = fake.udp_ports[0]
+        first.deliver(reply_to(decode(first.written[0]), trunc=True, address=None))
+        factory = fake.tcpClients[0][2]
+        factory.clientConnectionFailed(fake.connectors[0], Failure(ConnectBindError(errno.EMFILE, "Too many open files")))
+        self.assertEqual((pool.stats.no_socket, pool.stats.refused), (1, 0))
+        self.assertEqual(len(fake.tcpClients), 1)
+        fake.advance(0.01)
+        self.assertEqual(len(fake.tcpClients), 2)
+        protocol = fake.tcpClients[1][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        query = decode(transport.value()[2:])
+        data = reply_to(query)
+        protocol.dataReceived(struct.pack("!H", len(data)) + data)
+        [reply] = out
+        self.assertEqual((reply.server, reply.via_tcp), (A, True))
+        self.assertEqual(infra.snapshot()[0].failures, 0)
+
+
 class RealSocketTests(TestCase):
     """End-to-end over UDP and TCP on 127.0.0.1 against fake upstreams."""
 
@@ -436,6 +581,27 @@ class RealSocketTests(TestCase):
         self.assertEqual((reply.via_tcp, address_of(reply)), (True, "192.0.2.77"))
         self.assertEqual((len(udp.queries), len(tcp.queries)), (1, 1))
         self.assertEqual(tcp.queries[0].queries, udp.queries[0].queries)
+
+    @defer.inlineCallbacks
+    def test_tcp_exchange_logs_no_factory_lines(self):
+        """An upstream exchange over TCP (after TC=1) logs no "Starting factory" or "Stopping factory" line."""
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        for _ in range(20):
+            udp = self.udp_upstream(answering(trunc=True, address=None))
+            try:
+                self.tcp_upstream(answering(address="192.0.2.77"), udp.address[1])
+                break
+            except CannotListenError:
+                continue
+        pool, _ = self.make_pool([udp])
+        reply = yield pool.query(QNAME, dns.A)
+        self.assertTrue(reply.via_tcp)
+        # The connection closes (and its factory stops) after the answer.
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        texts = [formatEvent(e) for e in events]
+        self.assertEqual([t for t in texts if "Starting factory" in t or "Stopping factory" in t], [])
 
     @defer.inlineCallbacks
     def test_hundred_identical_queries(self):

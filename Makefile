@@ -40,6 +40,7 @@ run: venv
 	$(VENV)/bin/twistd -n dnsgo
 
 test: venv debs
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) tests/summarize.py $(VENV)/bin/trial -j2 tests
 
 check: venv

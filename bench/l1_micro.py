@@ -14,9 +14,9 @@ import dns.message
 from twisted.internet import task
 from twisted.names import dns as tdns
 
-from dnsgo import wire
+from dnsgo.dns import wire
 from dnsgo.cache.message import MessageCache
-from dnsgo.response import encode_reply
+from dnsgo.serve.reply import encode_reply
 
 
 def _setup():

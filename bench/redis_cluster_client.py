@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, reactor, threads  # noqa: E402
 
-from dnsgo.redis.breaker import CircuitBreaker  # noqa: E402
-from dnsgo.redis.cluster import ClusterRedis  # noqa: E402
-from dnsgo.redis.guard import Guard  # noqa: E402
+from dnsgo.redis.breaker import CircuitBreaker
+from dnsgo.redis.cluster import ClusterRedis
+from dnsgo.redis.guard import Guard
 from tests.redis_procs import RedisCluster  # noqa: E402
 
 

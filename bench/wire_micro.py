@@ -12,7 +12,7 @@ import dns.edns
 import dns.message
 import dns.rrset
 
-from dnsgo import wire
+from dnsgo.dns import wire
 
 
 def _messages() -> tuple[bytes, bytes]:

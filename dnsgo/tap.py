@@ -7,7 +7,7 @@
 * ``twistd dnsgo worker [--control-plane HOST:PORT] [--config FILE]``: a
   worker that takes its configuration from a control plane.
 
-The parts are built in :mod:`dnsgo.roles` and :mod:`dnsgo.assemble`.
+The parts are built in :mod:`dnsgo.app.roles` and :mod:`dnsgo.app.assemble`.
 """
 import os
 import sys
@@ -105,11 +105,12 @@ GC_THRESHOLDS = (100_000, 50, 1000)
 def makeService(options: Options):
     """
     twistd's entry point: the role the command line asks for, in a process
-    whose soft open-file limit is raised to the hard one (see dnsgo.fdlimit).
+    whose soft open-file limit is raised to the hard one (see dnsgo.serve.fdlimit).
     """
     import gc
 
-    from dnsgo import fdlimit, roles
+    from dnsgo.serve import fdlimit
+    from dnsgo.app import roles
 
     gc.set_threshold(*GC_THRESHOLDS)
     fdlimit.raise_open_file_limit()

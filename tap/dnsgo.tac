@@ -8,7 +8,7 @@ import os
 from twisted.application import service
 
 from dnsgo.config import load_config
-from dnsgo.assemble import build_service
+from dnsgo.app.assemble import build_service
 
 application = service.Application("dnsgo")
 build_service(load_config(os.environ.get("DNSGO_CONFIG") or None)).setServiceParent(application)

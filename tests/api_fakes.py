@@ -1,6 +1,6 @@
 """
 A fake ClusterView and stats snapshots for the management API and metrics
-tests, plus a way to serve the API (through its own Site, as dnsgo.roles
+tests, plus a way to serve the API (through its own Site, as dnsgo.app.roles
 does) on 127.0.0.1 and call it over HTTP.
 """
 import copy
@@ -14,7 +14,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from dnsgo.invalidation import Flush
+from dnsgo.invalidation.flush import Flush
 
 #: 2024-01-15T10:30:00Z, the seed's lastUpdated.
 SEED_TIME = 1705314600.0

@@ -12,7 +12,7 @@ import dns.query
 from twisted.internet import defer, threads, utils
 
 from dnsgo.config import parse_config
-from dnsgo.assemble import build_service
+from dnsgo.app.assemble import build_service
 
 
 def config_text(upstreams, extra: str = "", server_extra: str = "") -> str:

@@ -1,7 +1,7 @@
 """
 The management API against a hostile client: the findings of the attacker
 review, each as a test over real sockets on 127.0.0.1 (the API served by
-its own Site, as dnsgo.roles serves it) or, for pure parsing, directly.
+its own Site, as dnsgo.app.roles serves it) or, for pure parsing, directly.
 
 - Bodies: the token is checked before a body is read, bodies over 64 KiB
   are refused with 413 while they arrive (declared or chunked), and values
@@ -25,8 +25,9 @@ from dnsgo.api.clear import ECHO_LIMIT, RequestError, parse_clear_request, type_
 from dnsgo.api.openapi import openapi_document
 from dnsgo.api.site import MAX_BODY_BYTES, APISite, redacted_log_formatter
 from dnsgo.config import parse_config
-from dnsgo.invalidation import Flush, parse_qtype
-from dnsgo.roles import api_service
+from dnsgo.invalidation.flush import Flush
+from dnsgo.dns.types import parse_qtype
+from dnsgo.app.roles import api_service
 from tests.api_fakes import SEED_SHARED, FakeCluster, FakeWorker, call, serve, snapshot
 from tests.hostile_http import LAST_CHUNK, bearer, chunk, exchange, request_head
 
@@ -420,7 +421,7 @@ class AccessLogTests(_Hostile):
 
 
 class WiringTests(unittest.TestCase):
-    """dnsgo.roles serves the API through APISite."""
+    """dnsgo.app.roles serves the API through APISite."""
 
     def test_roles_serve_api_site(self):
         """api_service listens with an APISite: the body cap and the redacted access log are in force."""

@@ -247,7 +247,7 @@ class SnapshotTests(unittest.TestCase):
         """Two queries for one name: one L1 miss, one hit, two NOERROR A/udp, JSON-serialisable."""
         import json
 
-        from dnsgo.stats import worker_snapshot
+        from dnsgo.api.snapshot import worker_snapshot
 
         auth = AuthorityServer().start()
         self.addCleanup(auth.stop)

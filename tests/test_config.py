@@ -35,7 +35,7 @@ from dnsgo.config import (
     resolv_conf_nameservers,
     secret_password,
 )
-from dnsgo.durations import format_duration, parse_duration
+from dnsgo.config.durations import format_duration, parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "etc"

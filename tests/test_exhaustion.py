@@ -10,7 +10,7 @@ tests.authority:
   limit, caps TCP clients below it, and upstream sockets still get
   descriptors, so cache misses are answered.
 
-Plus unit tests of the connection-cap arithmetic (dnsgo.fdlimit).
+Plus unit tests of the connection-cap arithmetic (dnsgo.serve.fdlimit).
 """
 import os
 import re
@@ -25,8 +25,8 @@ from twisted.internet import defer, error, protocol, reactor, task, threads
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from dnsgo import fdlimit
-from dnsgo.server import DNSService
+from dnsgo.serve import fdlimit
+from dnsgo.serve.listeners import DNSService
 from tests.authority import Authority, AuthorityServer, big_txt_lines, make_zone
 from tests.harness import ask
 from tests.hostile_clients import open_idle_connections, open_non_reading_clients, udp_burst
@@ -236,7 +236,7 @@ class DescriptorExhaustionTests(unittest.TestCase):
 
 
 class ConnectionCapTests(unittest.SynchronousTestCase):
-    """The arithmetic of dnsgo.fdlimit, and its use by DNSService."""
+    """The arithmetic of dnsgo.serve.fdlimit, and its use by DNSService."""
 
     def test_reserve(self):
         """A quarter of the open-file limit is kept for everything but client TCP, at least 64."""
@@ -282,7 +282,7 @@ class ConnectionCapTests(unittest.SynchronousTestCase):
 
         self.assertEqual(fdlimit.raise_open_file_limit(getrlimit=lambda w: (1024, 4096), setrlimit=setrlimit),
                          (1024, 1024))
-        self.assertEqual([e["log_namespace"] for e in events], ["dnsgo.fdlimit"])
+        self.assertEqual([e["log_namespace"] for e in events], ["dnsgo.serve.fdlimit"])
 
 
 

@@ -12,11 +12,10 @@ from twisted.internet.testing import StringTransport
 from twisted.names import dns as tdns, error
 from twisted.trial import unittest
 
-from dnsgo import wire
-from dnsgo.acl import ClientFilter
-from dnsgo.handler import QueryHandler
-from dnsgo.resolve import Chain, FinalAnswer
-from dnsgo.server import DNSStreamFactory
+from dnsgo.serve.acl import ClientFilter
+from dnsgo.serve.handler import QueryHandler
+from dnsgo.resolve.chain import Chain, FinalAnswer
+from dnsgo.serve.listeners import DNSStreamFactory
 
 
 class _Resolver:

@@ -1,10 +1,10 @@
 """
-Tests for L{dnsgo.cache.infra}: the L3 infrastructure cache.
+Tests for L{dnsgo.upstream.infra}: the L3 infrastructure cache.
 """
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from dnsgo.cache.infra import (
+from dnsgo.upstream.infra import (
     DEGRADED,
     DOWN,
     HEALTHY,

@@ -13,36 +13,35 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from dnsgo import wire
-from dnsgo.cache.failures import FailureCache
+from dnsgo.dns import wire
+from dnsgo.upstream.failures import FailureCache
 from dnsgo.cache.message import MessageCache
 from dnsgo.cache.rrset import RRsetCache
 from dnsgo.config import InvalidationConfig, PubSubConfig
-from dnsgo.invalidation import (
+from dnsgo.invalidation.batch import (
     FORMAT_VERSION,
     MAX_MESSAGE_BYTES,
     MAX_SIGNED_AGE,
     SIGNED_PREFIX,
     BadMessage,
     Batch,
+    decode_batch,
+    encode_batch,
+    sign_message,
+)
+from dnsgo.invalidation.strategies import (
     BroadcastInvalidator,
-    Flush,
     InvalidationStats,
     LocalInvalidator,
     PubSubInvalidator,
     SharedFlushFailed,
-    apply_locally,
     build_invalidator,
-    decode_batch,
-    encode_batch,
-    parse_cache_kinds,
-    parse_qtype,
-    qtype_text,
-    sign_message,
 )
-from dnsgo.response import encode_reply
-from dnsgo.signing import Signer
-from dnsgo.assemble import Caches
+from dnsgo.invalidation.flush import Flush, apply_locally
+from dnsgo.dns.types import parse_cache_kinds, parse_qtype, qtype_text
+from dnsgo.serve.reply import encode_reply
+from dnsgo.cache.signing import Signer
+from dnsgo.app.assemble import Caches
 from tests.fake_pubsub import FakeBroker, FakePubSubBackend
 from tests.redis_procs import SKIP, RedisServer, cli
 
@@ -221,7 +220,7 @@ class ApplyLocallyTests(SynchronousTestCase):
 
     def test_batch_equals_one_by_one(self):
         """A batch (one L1 scan) leaves exactly what applying its flushes one at a time leaves."""
-        from dnsgo.invalidation import apply_batch_locally
+        from dnsgo.invalidation.flush import apply_batch_locally
 
         batch = [Flush("www.example.com", "AAAA"), Flush("example.org"),
                  Flush("example.com", subtree=True, caches="message")]

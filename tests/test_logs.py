@@ -6,7 +6,7 @@ from twisted.logger import Logger, LogPublisher
 from twisted.trial import unittest
 
 from dnsgo.config import LoggingConfig
-from dnsgo.logs import make_observer
+from dnsgo.app.logs import make_observer
 
 
 class ObserverTests(unittest.SynchronousTestCase):

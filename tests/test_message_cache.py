@@ -1,8 +1,8 @@
 """
 Tests for dnsgo.cache.message, the L1 cache of whole replies.
 
-Queries are built with dnspython and parsed with dnsgo.wire.parse_query;
-stored replies are built by dnsgo.response.encode_reply from twisted.names
+Queries are built with dnspython and parsed with dnsgo.dns.wire.parse_query;
+stored replies are built by dnsgo.serve.reply.encode_reply from twisted.names
 records; hits are decoded with dnspython, so the checks do not share the
 cache's idea of the wire format.  Time is a twisted Clock.
 """
@@ -21,10 +21,11 @@ from twisted.internet import task
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
-from dnsgo import wire
+from dnsgo.dns import wire
 from dnsgo.cache import message as message_module
-from dnsgo.cache.message import CacheStats, MessageCache
-from dnsgo.response import encode_reply
+from dnsgo.cache.stats import CacheStats
+from dnsgo.cache.message import MessageCache
+from dnsgo.serve.reply import encode_reply
 
 WWW = "www.example.com"
 

@@ -1,5 +1,5 @@
 """
-Tests of dnsgo.metrics: snapshots turned into Prometheus families at scrape
+Tests of dnsgo.api.metrics: snapshots turned into Prometheus families at scrape
 time, parsed back with prometheus_client's own parser.
 """
 import threading
@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from dnsgo.metrics import ClusterMetrics, SnapshotCollector, capture, cumulative_buckets
+from dnsgo.api.metrics import ClusterMetrics, SnapshotCollector, capture, cumulative_buckets
 from tests.api_fakes import SEED_SHARED, SEED_TIME, FakeCluster, FakeWorker, snapshot
 
 

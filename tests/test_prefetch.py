@@ -7,10 +7,10 @@ from twisted.internet import defer, task
 from twisted.names import dns as tdns
 from twisted.trial import unittest
 
-from dnsgo.acl import ClientFilter
+from dnsgo.serve.acl import ClientFilter
 from dnsgo.cache.message import MessageCache
-from dnsgo.handler import QueryHandler
-from dnsgo.resolve import Chain
+from dnsgo.serve.handler import QueryHandler
+from dnsgo.resolve.chain import Chain
 
 
 class CountingUpstream:

@@ -14,7 +14,14 @@ from twisted.trial import unittest
 from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.cluster import (
-    DOWN, MAX_REDIRECTS, UP, ClusterRedis, Redirect, Shard, parse_cluster_slots, parse_redirect,
+    DOWN,
+    MAX_REDIRECTS,
+    UP,
+    ClusterRedis,
+    Redirect,
+    Shard,
+    parse_cluster_slots,
+    parse_redirect,
 )
 from dnsgo.redis.crc16 import SLOTS, crc16, hash_tag, key_slot
 from dnsgo.redis.guard import Guard

@@ -17,12 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
-from dnsgo.redis.sentinel import (
-    SentinelRedis,
-    SwitchMaster,
-    role_name,
-    usable_replicas,
-)
+from dnsgo.redis.sentinel import SentinelRedis, SwitchMaster, role_name, usable_replicas
 from tests.redis_procs import SKIP, RedisServer, SentinelSet, cli
 
 NAME = "dns-cache"

@@ -3,8 +3,8 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from dnsgo.config import parse_config
-from dnsgo.invalidation import Flush
-from dnsgo.roles import WorkerRoot, merge_worker_config
+from dnsgo.invalidation.flush import Flush
+from dnsgo.app.roles import WorkerRoot, merge_worker_config
 
 CONTROL_TEXT = (
     'server:\n  listen_address: "127.0.0.1:5300"\n  num_workers: 4\n'

@@ -1,6 +1,6 @@
 """
 Tests for L{dnsgo.cache.rrset} (the L2 RRset cache) and
-L{dnsgo.cache.rrset_resolver} (its resolver and the glue that fills it).
+L{dnsgo.resolve.l2} (its resolver and the glue that fills it).
 """
 import gc
 import tracemalloc
@@ -11,10 +11,10 @@ from twisted.names import dns, error
 from twisted.trial.unittest import SynchronousTestCase
 
 from dnsgo.cache.rrset import RRSIG, Rank, RRsetCache
-from dnsgo.cache.rrset_resolver import MAX_CNAME_HOPS, RRsetResolver, fill_from_reply
-from dnsgo.cache.message import CacheStats
-from dnsgo.query import FlaggedQuery
-from dnsgo.resolve import Chain, FinalAnswer
+from dnsgo.resolve.l2 import MAX_CNAME_HOPS, RRsetResolver, fill_from_reply
+from dnsgo.cache.stats import CacheStats
+from dnsgo.resolve.query import FlaggedQuery
+from dnsgo.resolve.chain import Chain, FinalAnswer
 
 ZONE = b"example.com"
 

@@ -17,7 +17,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
-from dnsgo.server import TCP_MAX_IN_FLIGHT, TCP_OUTPUT_LIMIT, DNSStreamFactory, queued_output
+from dnsgo.serve.listeners import TCP_MAX_IN_FLIGHT, TCP_OUTPUT_LIMIT, DNSStreamFactory, queued_output
 from tests.authority import Authority, AuthorityServer, big_txt_lines, make_zone
 from tests.harness import DIG, ask, dig, port, raw_tcp, raw_udp, start_dnsgo
 from tests.hostile_clients import framed, open_non_reading_clients, with_id

@@ -1,6 +1,6 @@
 """
 Tests for L{dnsgo.cache.shared} (the shared L2 store in Redis) and
-L{dnsgo.cache.shared_resolver} (the hybrid resolver and its fill hook):
+L{dnsgo.resolve.hybrid} (the hybrid resolver and its fill hook):
 unit tests over the in-memory fake backend and a Clock, then workers
 sharing a real redis-server.
 """
@@ -16,13 +16,13 @@ from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import Rank, RRsetCache
 from dnsgo.cache.shared import SharedRRsetStore, SharedStats
 from dnsgo.cache.shared_format import Kind
-from dnsgo.cache.shared_resolver import HybridRRsetResolver, fill_hybrid
-from dnsgo.query import FlaggedQuery
+from dnsgo.resolve.hybrid import HybridRRsetResolver, fill_hybrid
+from dnsgo.resolve.query import FlaggedQuery
 from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
-from dnsgo.resolve import Chain, FinalAnswer
-from dnsgo.signing import Signer
+from dnsgo.resolve.chain import Chain, FinalAnswer
+from dnsgo.cache.signing import Signer
 from tests import redis_procs
 from tests.fake_redis import FakeRedis, FakeRedisServer
 from tests.test_rrset_cache import FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
@@ -711,7 +711,7 @@ class FlushSharedTests(StoreTestCase):
 
     def test_cleared_true_and_key_gone(self):
         """A name flush including rrset clears the shared keys and reports True."""
-        from dnsgo.invalidation import Flush, flush_shared
+        from dnsgo.invalidation.flush import Flush, flush_shared
 
         self.worker.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
         self.assertTrue(self.server.live_keys())
@@ -720,7 +720,7 @@ class FlushSharedTests(StoreTestCase):
 
     def test_false_without_store_or_rrset_or_redis(self):
         """No shared store, a message-only flush, or a failing Redis: False, and no exception."""
-        from dnsgo.invalidation import Flush, flush_shared
+        from dnsgo.invalidation.flush import Flush, flush_shared
 
         self.assertFalse(self.successResultOf(flush_shared(None, Flush("www.example.com"))))
         self.worker.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])

@@ -1,5 +1,5 @@
 """
-Tests for L{dnsgo.upstream}: the forwarding client.
+Tests for L{dnsgo.upstream.pool}: the forwarding client.
 
 The first group drives the pool with a fake reactor (a Clock and in-memory
 UDP ports) to check timing and bookkeeping exactly; the second runs real
@@ -18,8 +18,8 @@ from twisted.python.failure import Failure
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from dnsgo.cache.infra import DEGRADED, HEALTHY, InfraCache
-from dnsgo.upstream import UpstreamPool, UpstreamReply, UpstreamTimeout, out_of_descriptors
+from dnsgo.upstream.infra import DEGRADED, HEALTHY, InfraCache
+from dnsgo.upstream.pool import UpstreamPool, UpstreamReply, UpstreamTimeout, out_of_descriptors
 from tests.upstream_fakes import (
     ANSWER_ADDRESS,
     FakeUDPReactor,
@@ -482,7 +482,7 @@ class NoDescriptorTests(SynchronousTestCase):
             results(pool.query(name(f"n{i}"), dns.A))
         fake.pump([0.1] * 11)
         self.assertGreater(pool.stats.no_socket, 50)
-        [event] = [e for e in events if e.get("log_namespace") == "dnsgo.upstream"]
+        [event] = [e for e in events if e.get("log_namespace") == "dnsgo.upstream.pool"]
         self.assertNotIn("log_failure", event)
         self.assertIn("EMFILE", formatEvent(event))
         self.assertEqual([e for e in events if e.get("isError") or "log_failure" in e], [])

@@ -1,9 +1,9 @@
 """
-Tests for dnsgo.wire, the byte-level DNS helpers of the L1 hit path.
+Tests for dnsgo.dns.wire, the byte-level DNS helpers of the L1 hit path.
 
 Malformed inputs are built byte by byte; well-formed ones come from
 libraries nobody here wrote (twisted.names for responses, dnspython for
-queries and for decoding what dnsgo.wire builds), so the checks do not share
+queries and for decoding what dnsgo.dns.wire builds), so the checks do not share
 dnsgo's own idea of the format.
 """
 import struct
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
-from dnsgo import wire
+from dnsgo.dns import wire
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -23,9 +23,9 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from dnsgo.config import parse_config
-from dnsgo.assemble import ServerRoot, build_service
+from dnsgo.app.assemble import ServerRoot, build_service
 from dnsgo.tap import Options, makeService
-from dnsgo.workers import (
+from dnsgo.app.workers import (
     KILL_TIME,
     ListenError,
     WorkerProcess,
@@ -328,15 +328,15 @@ class SupervisorObserverTests(unittest.SynchronousTestCase):
 
     def relay(self, observer, line: str) -> None:
         """Log ``line`` as procmon does for a worker's output."""
-        proto = Logger(namespace="dnsgo.workers", source=self.sup.monitor, observer=observer)
+        proto = Logger(namespace="dnsgo.app.workers", source=self.sup.monitor, observer=observer)
         proto.info("[{tag}] {line}", tag="worker-1", line=line, stream="stdout")
 
     def test_worker_lines_pass_whatever_the_level(self):
         """Worker lines (already filtered by the worker) appear even at level error; own info does not."""
         observer = self.observe("error")
         self.relay(observer, "a worker line")
-        Logger(namespace="dnsgo.workers", observer=observer).info("supervisor info")
-        Logger(namespace="dnsgo.workers", observer=observer).error("supervisor error")
+        Logger(namespace="dnsgo.app.workers", observer=observer).info("supervisor info")
+        Logger(namespace="dnsgo.app.workers", observer=observer).error("supervisor error")
         out = self.out.getvalue()
         self.assertIn("[worker-1] a worker line", out)
         self.assertNotIn("supervisor info", out)

@@ -4,47 +4,34 @@ The management API: a Klein app bound to a :class:`ManagementAPI` instance.
 It reads and acts on the cluster only through a :class:`ClusterView`, which
 the composition root implements for a standalone process and for the
 control plane.  Every error response is JSON, and exceptions are mapped to
-HTTP statuses in one place (:func:`error_response`).
+HTTP statuses in one place (:func:`dnsgo.api.errors.error_response`).
 
 Serve it with :meth:`ManagementAPI.site` (a :class:`dnsgo.api.site.APISite`):
 that checks the token as soon as a request's headers are in, caps request
 bodies while they arrive, and keeps query strings out of the access log.
 """
-import json
 from typing import Protocol
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import HTTPException
 
 from klein import Klein
 
 import dnsgo
 from dnsgo.api import views
-from dnsgo.api.auth import Unauthorized, check_authorization
-from dnsgo.api.clear import RequestError, clear_response_body, clip, clip_list, parse_clear_request
+from dnsgo.api.auth import check_authorization
+from dnsgo.api.clear import RequestError, clear_response_body, clip_list, parse_clear_request
+from dnsgo.api.errors import error_reply, error_response, json_reply
 from dnsgo.api.openapi import openapi_document
-from dnsgo.metrics import ClusterMetrics
+from dnsgo.api.metrics import ClusterMetrics
 
-JSON_TYPE = b"application/json; charset=utf-8"
 #: What generate_latest() writes; every Prometheus version reads it.
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 #: The routes served without a token (probes carry none).  Every other route needs it.
 OPEN_PATHS = frozenset({"/api/health", "/api/ready"})
-
-#: The longest reason an error response carries (values in it are cut shorter still).
-MAX_REASON = 500
-
-
-class BodyTooLarge(Exception):
-    """A request body over ``limit`` bytes (HTTP 413); refused while it arrives, see dnsgo.api.site."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the request body is larger than {limit} bytes")
-        self.limit = limit
-
 
 class WorkerView(Protocol):
     """What the API knows about one worker."""
@@ -82,43 +69,6 @@ class ClusterView(Protocol):
 
     def upstreams(self) -> list[dict]:
         """[{workerId, upstreams: [L3 entries as in the snapshot]}]."""
-
-
-def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, bytes]]:
-    """
-    The one map from exceptions to responses: (status, error code, reason,
-    extra headers).  Anything unexpected is a 500 whose reason reveals nothing.
-    """
-    if isinstance(error, RequestError):
-        return 400, "bad_request", clip(str(error), MAX_REASON), {}
-    if isinstance(error, BodyTooLarge):
-        return 413, "payload_too_large", str(error), {b"Connection": b"close"}
-    if isinstance(error, Unauthorized):
-        return 401, "unauthorized", error.reason, {b"WWW-Authenticate": b'Bearer realm="dnsgo"'}
-    if isinstance(error, NotFound):
-        return 404, "not_found", "no such resource", {}
-    if isinstance(error, MethodNotAllowed):
-        allowed = ", ".join(sorted(error.valid_methods or ()))
-        return 405, "method_not_allowed", f"allowed: {allowed}", {b"Allow": allowed.encode("ascii")}
-    if isinstance(error, HTTPException):
-        return error.code or 500, "http_error", error.description or error.name, {}
-    return 500, "internal_error", "internal error; see the server log", {}
-
-
-def json_reply(request, status: int, body, headers: dict[bytes, bytes] | None = None) -> bytes:
-    """Set ``request``'s status and headers for a JSON reply and return the body to write."""
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", JSON_TYPE)
-    request.setHeader(b"Cache-Control", b"no-store")
-    for name, value in (headers or {}).items():
-        request.setHeader(name, value)
-    return json.dumps(body, allow_nan=False).encode("utf-8") + b"\n"
-
-
-def error_reply(request, error: BaseException) -> bytes:
-    """The JSON error reply to ``error`` (status and headers set on ``request``), as error_response maps it."""
-    status, code, reason, headers = error_response(error)
-    return json_reply(request, status, views.error_body(code, reason), headers)
 
 
 def _path_info(target: bytes) -> str | None:

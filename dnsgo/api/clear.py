@@ -25,8 +25,8 @@ import json
 
 import attrs
 
-from dnsgo import wire
-from dnsgo.invalidation import parse_qtype, qtype_text
+from dnsgo.dns import wire
+from dnsgo.dns.types import parse_qtype, qtype_text
 
 TARGETS = ("all", "worker", "shared")
 CACHE_TYPES = ("all", "message", "rrset")

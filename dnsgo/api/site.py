@@ -37,7 +37,7 @@ from twisted.web import http, server
 from twisted.web.iweb import IAccessLogFormatter
 from zope.interface import provider
 
-from dnsgo.api.app import BodyTooLarge, error_reply
+from dnsgo.api.errors import BodyTooLarge, error_reply
 from dnsgo.api.auth import Unauthorized
 
 #: The largest request body accepted, in bytes (a clear request is well under 1 kB).

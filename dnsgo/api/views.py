@@ -19,7 +19,7 @@ null ``lastUpdated``.
 """
 import datetime
 
-from dnsgo.cache.message import hit_rate
+from dnsgo.cache.stats import hit_rate
 
 #: The cache statistics the seed shows per worker, in its order.
 CACHE_FIELDS = ("hits", "misses", "evicts", "hit_rate", "size_bytes", "max_size_bytes", "num_shards")

@@ -2,17 +2,17 @@
 The L1 message cache: whole replies in wire format, served from bytes.
 
 A worker keeps the replies it built on the miss path (the output of
-:func:`dnsgo.response.encode_reply`, without the OPT record) under the
-query's L1 key (:attr:`dnsgo.wire.QueryInfo.key`: lowercased name, type,
+:func:`dnsgo.serve.reply.encode_reply`, without the OPT record) under the
+query's L1 key (:attr:`dnsgo.dns.wire.QueryInfo.key`: lowercased name, type,
 class and the RD/CD/DO/EDNS flag byte).  A hit never decodes anything: the
-stored bytes get their TTLs counted down (:func:`dnsgo.wire.render_ttls`) and
-the query's ID and question copied in (:func:`dnsgo.wire.patch_header`).
+stored bytes get their TTLs counted down (:func:`dnsgo.dns.wire.render_ttls`) and
+the query's ID and question copied in (:func:`dnsgo.dns.wire.patch_header`).
 TTLs are rendered at most once per elapsed second per entry; the rendered
 bytes replace the stored ones (``render_ttls`` rewrites every TTL from the
 original values, so the reply with the original TTLs is never needed again
 and an entry holds a single copy of its reply).
 
-What is cached (decided from the bytes, :func:`dnsgo.wire.scan_response`):
+What is cached (decided from the bytes, :func:`dnsgo.dns.wire.scan_response`):
 
 * never a reply with TC=1, or with a question that is not the query's;
 * NOERROR with answers: every TTL clamped to ``[min_ttl, max_ttl]`` (like
@@ -36,9 +36,8 @@ import struct
 from collections import OrderedDict
 from typing import Callable
 
-import attrs
-
-from dnsgo import wire
+from dnsgo.cache.stats import CacheStats, hit_rate
+from dnsgo.dns import wire
 
 _U16 = struct.Struct("!H")
 _FLAG_TC = 0x0200
@@ -72,7 +71,7 @@ def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) 
     """
     Return the bytes of memory an entry holds: its reply, its key and the
     fixed and per-record overhead of the structures around them (the
-    offsets are ascending, as :func:`dnsgo.wire.scan_response` gives them).
+    offsets are ascending, as :func:`dnsgo.dns.wire.scan_response` gives them).
     """
     records = len(ttl_offsets)
     large_offsets = records - bisect.bisect_right(ttl_offsets, _SMALL_INT_MAX)
@@ -84,26 +83,6 @@ def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) 
         + large_offsets * _OFFSET_INT
     )
 
-
-
-def hit_rate(hits: int, misses: int) -> float:
-    """Hits as a percentage of lookups, 2 decimals; 0.0 before any lookup (the API's hit_rate)."""
-    lookups = hits + misses
-    return round(100.0 * hits / lookups, 2) if lookups else 0.0
-
-
-@attrs.frozen
-class CacheStats:
-    """A snapshot of the L1 cache's counters, as the management API shows them."""
-
-    hits: int
-    misses: int
-    evicts: int
-    hit_rate: float
-    size_bytes: int
-    max_size_bytes: int
-    num_shards: int
-    entries: int
 
 
 class _Entry:

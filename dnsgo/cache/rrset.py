@@ -1,6 +1,6 @@
 """
 The L2 RRset cache (local): resource record sets and negative answers, filled
-from every upstream reply and read by :class:`dnsgo.cache.rrset_resolver.RRsetResolver`.
+from every upstream reply and read by :class:`dnsgo.resolve.l2.RRsetResolver`.
 
 What it stores, and why:
 
@@ -65,7 +65,7 @@ from collections import OrderedDict
 import attrs
 from twisted.names import dns
 
-from dnsgo.cache.message import CacheStats, hit_rate
+from dnsgo.cache.stats import CacheStats, hit_rate
 
 #: Type codes twisted.names has no constant for.
 RRSIG = 46

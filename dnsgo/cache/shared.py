@@ -56,7 +56,7 @@ from twisted.python.failure import Failure
 from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import LearnedRRset, Rank, learn_from_reply, normalize_name
 from dnsgo.cache.shared_format import Entry, Kind
-from dnsgo.signing import Signer
+from dnsgo.cache.signing import Signer
 
 #: How far ahead of the reader's clock a value's stored-at time may be
 #: (clock differences between sites); a later one is rejected.

@@ -14,7 +14,7 @@ root written ``.``; every byte other than ``a-z 0-9 - _ .`` is written
 ``\\DDD`` (its decimal value, as in zone files), so an owner never holds
 ``:``, ``{``, ``}`` or a glob character and every key splits one way only.
 A ``.`` inside a label cannot be told from one between labels here, so no
-such name is ever cached (:func:`dnsgo.wire.has_dotted_label`).  The
+such name is ever cached (:func:`dnsgo.dns.wire.has_dotted_label`).  The
 braces make the owner a Redis Cluster hash tag: all keys of one name live
 in one slot, so the MGET of a lookup goes to one node.
 
@@ -32,7 +32,7 @@ A value::
     20     ...  n records in uncompressed wire format: owner, type, class,
                 TTL, rdlength, rdata (for NXDOMAIN and NODATA: the one SOA)
     end-36 32   (signed values only) HMAC-SHA256 of the key and of every
-                byte before the MAC (:class:`dnsgo.signing.Signer`)
+                byte before the MAC (:class:`dnsgo.cache.signing.Signer`)
     end-4  4    CRC-32 of every byte before it (u32)
 
 All integers are big-endian.  A whole value is at most MAX_VALUE_BYTES.
@@ -55,7 +55,7 @@ import attrs
 from twisted.names import dns
 
 from dnsgo.cache.rrset import Rank, normalize_name
-from dnsgo.signing import MAC_SIZE, Signer
+from dnsgo.cache.signing import MAC_SIZE, Signer
 
 MAGIC = b"DG"
 VERSION = 2

@@ -2,12 +2,16 @@
 Building reply bytes on the miss path, from what the resolver chain gave.
 
 The reply is encoded without its OPT record: that is what the L1 cache
-stores, and :mod:`dnsgo.handler` adds the OPT (and truncates) per client.
+stores, and :mod:`dnsgo.serve.handler` adds the OPT (and truncates) per client.
+
+RFC 2308 negative-answer TTLs are applied to the records of a reply before
+it is encoded (:func:`normalize_negative`), so that what the client sees and
+what the caches keep agree.
 """
 from twisted.names import dns
 
-from dnsgo import wire
-from dnsgo.query import wire_to_dotted
+from dnsgo.dns import wire
+from dnsgo.dns.names import wire_to_dotted
 
 #: The default bound of served TTLs: one day, as ``cache.max_ttl``'s default.
 MAX_TTL = 86400
@@ -60,3 +64,29 @@ def _bounded(records, max_ttl: int) -> list:
         else dns.RRHeader(rr.name.name, rr.type, rr.cls, 0 if rr.ttl >= _TOP_BIT else max_ttl, rr.payload, rr.auth)
         for rr in records
     ]
+
+
+def negative_ttl(soa: dns.RRHeader, cap: int) -> int:
+    """min(SOA TTL, SOA MINIMUM, cap): how long a negative answer may live."""
+    return max(0, min(soa.ttl, soa.payload.minimum, cap))
+
+
+def normalize_negative(rcode: int, answers, authority, cap: int):
+    """
+    For NXDOMAIN and NODATA (NOERROR, no answer of the asked type at the end
+    of the chain is not checked here: any NOERROR reply with an SOA in its
+    authority section), return the authority section with each SOA's TTL
+    set to its negative TTL.  Other replies are returned unchanged.
+    """
+    if rcode not in (dns.OK, dns.ENAME) or (rcode == dns.OK and not _is_nodata(answers)):
+        return authority
+    out = []
+    for rr in authority:
+        if rr.type == dns.SOA:
+            rr = dns.RRHeader(rr.name.name, rr.type, rr.cls, negative_ttl(rr, cap), rr.payload, rr.auth)
+        out.append(rr)
+    return out
+
+
+def _is_nodata(answers) -> bool:
+    return not answers or all(rr.type == dns.CNAME for rr in answers)

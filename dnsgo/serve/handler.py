@@ -1,7 +1,7 @@
 """
 One query in, one reply out: the part shared by the UDP and TCP listeners.
 
-The hot path works on bytes (:mod:`dnsgo.wire`) and the L1 message cache.
+The hot path works on bytes (:mod:`dnsgo.dns.wire`) and the L1 message cache.
 Only a miss builds twisted.names objects, asks the resolver chain, encodes
 a reply and writes it to L1.  Serve-stale (RFC 8767) and prefetch hang off
 the miss path too.
@@ -13,12 +13,12 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 
-from dnsgo import wire
-from dnsgo.negative import normalize_negative
-from dnsgo.query import FlaggedQuery
-from dnsgo.resolve import FinalAnswer, VerbatimReply
-from dnsgo.response import encode_reply
-from dnsgo.stats import QueryStats
+from dnsgo.dns import wire
+from dnsgo.serve.reply import normalize_negative
+from dnsgo.resolve.query import FlaggedQuery
+from dnsgo.resolve.chain import FinalAnswer, VerbatimReply
+from dnsgo.serve.reply import encode_reply
+from dnsgo.serve.stats import QueryStats
 
 #: Zone transfers are an authoritative server's business.
 _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})

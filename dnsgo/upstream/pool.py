@@ -82,8 +82,8 @@ from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python import log
 
-from dnsgo import wire
-from dnsgo.cache.infra import InfraCache, Server
+from dnsgo.dns import wire
+from dnsgo.upstream.infra import InfraCache, Server
 
 #: Reply codes after which the next server is tried.
 UNUSABLE_RCODES = frozenset({dns.EFORMAT, dns.ESERVER, dns.ENOTIMP, dns.EREFUSED})
@@ -111,7 +111,7 @@ SOCKET_RETRY_MAX = 0.1
 #: At most one log line per this many seconds about missing descriptors.
 NO_SOCKET_LOG_INTERVAL = 60.0
 
-_log = Logger(namespace="dnsgo.upstream")
+_log = Logger(namespace="dnsgo.upstream.pool")
 
 
 def out_of_descriptors(exc: BaseException) -> bool:

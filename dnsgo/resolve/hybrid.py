@@ -3,7 +3,7 @@ The L2 resolver of mode ``hybrid``: the worker's local RRset cache as a
 near cache in front of the shared L2 in Redis.
 
 :class:`HybridRRsetResolver` goes first in the :class:`dnsgo.resolve.Chain`,
-where :class:`~dnsgo.cache.rrset_resolver.RRsetResolver` goes in the other
+where :class:`~dnsgo.resolve.l2.RRsetResolver` goes in the other
 modes.  For each name on the way to an answer (the question, then each
 CNAME target) it asks the local cache first and Redis only when the local
 cache knows nothing of that name for the question, in one round trip
@@ -11,7 +11,7 @@ cache knows nothing of that name for the question, in one round trip
 copied into the local cache with the time it was stored, so it counts down
 the same way there and the next query for it does not leave the process.
 Answers are assembled exactly as ``RRsetResolver`` does it
-(:func:`~dnsgo.cache.rrset_resolver.assemble`).
+(:func:`~dnsgo.resolve.l2.assemble`).
 
 Anything wrong on the Redis side (unavailable, slower than the backend's
 ``read_timeout``, a damaged value) is a miss: a ``DomainError`` that sends
@@ -32,7 +32,7 @@ from twisted.names import common, dns
 from zope.interface import implementer
 
 from dnsgo.cache.rrset import RRsetCache
-from dnsgo.cache.rrset_resolver import (
+from dnsgo.resolve.l2 import (
     Alias,
     Negative,
     Records,
@@ -169,7 +169,7 @@ def fill_hybrid(local: RRsetCache, shared: SharedRRsetStore) -> Callable[[dns.Qu
     A callable ``(query, message)`` for ``ForwardingResolver(pool,
     on_reply=...)`` in mode ``hybrid``: stores an upstream reply in the
     local cache and queues its answer-rank entries for Redis.  Same rules
-    as :func:`~dnsgo.cache.rrset_resolver.fill_from_reply` (no truncated
+    as :func:`~dnsgo.resolve.l2.fill_from_reply` (no truncated
     replies, no replies to CD queries).  Never raises.
     """
     return _HybridFiller(local, shared)

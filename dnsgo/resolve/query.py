@@ -9,7 +9,8 @@ object down the chain instead of rebuilding a plain one.
 """
 from twisted.names import dns
 
-from dnsgo.wire import label_has_dot
+from dnsgo.dns.names import dotted_to_wire, wire_to_dotted
+from dnsgo.dns.wire import label_has_dot
 
 
 class FlaggedQuery(dns.Query):
@@ -19,7 +20,7 @@ class FlaggedQuery(dns.Query):
 
     ``dotted`` says the name has a ``.`` inside a label: its dotted form
     (``name``) is then ambiguous, and the caches must neither answer nor
-    learn from it (:func:`dnsgo.wire.has_dotted_label`).
+    learn from it (:func:`dnsgo.dns.wire.has_dotted_label`).
 
     Resolvers that do not know about the extra attributes see an ordinary
     ``dns.Query``.
@@ -48,30 +49,3 @@ class FlaggedQuery(dns.Query):
         if isinstance(name, str):
             name = name.encode("idna") if name else b""
         return cls(dotted_to_wire(name), type, qclass, **flags)
-
-
-def wire_to_dotted(qname: bytes) -> bytes:
-    """
-    Turn an uncompressed wire-format name into the dotted bytes twisted.names
-    uses (``b'www.example.com'``; the root is ``b''``).
-    """
-    labels = []
-    i = 0
-    length = qname[0] if qname else 0
-    while length:
-        labels.append(qname[i + 1 : i + 1 + length])
-        i += 1 + length
-        length = qname[i]
-    return b".".join(labels)
-
-
-def dotted_to_wire(name: bytes) -> bytes:
-    """Turn dotted bytes (``b'www.example.com.'`` or without the dot) into wire format."""
-    out = bytearray()
-    for label in name.rstrip(b".").split(b".") if name.strip(b".") else []:
-        if not 0 < len(label) < 64:
-            raise ValueError(f"bad label in {name!r}")
-        out.append(len(label))
-        out += label
-    out.append(0)
-    return bytes(out)

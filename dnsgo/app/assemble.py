@@ -1,7 +1,7 @@
 """
 Building one serving process: the caches, the resolver chain, the listeners,
 the invalidator and (in hybrid mode) the shared cache, under a
-:class:`ServerRoot`.  The roles (:mod:`dnsgo.roles`) put these roots
+:class:`ServerRoot`.  The roles (:mod:`dnsgo.app.roles`) put these roots
 together with the control plane and the management API.
 """
 import os
@@ -10,7 +10,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from dnsgo.stats import Identity, default_worker_id, now_wall
+from dnsgo.app.identity import Identity, default_worker_id, now_wall
 
 
 class Caches:
@@ -25,7 +25,7 @@ class Caches:
 
 def build_caches(cache_config, on_prefetch=None, reactor=None) -> Caches:
     """L1 and L2 per the ``cache`` section (negative caching off means a 0 s negative TTL)."""
-    from dnsgo.cache.failures import FailureCache
+    from dnsgo.upstream.failures import FailureCache
     from dnsgo.cache.message import MessageCache
     from dnsgo.cache.rrset import RRsetCache
 
@@ -77,7 +77,7 @@ class ServerRoot(service.MultiService):
         self.shared_store = None
 
     def setServiceParent(self, parent):
-        from dnsgo.logs import install_observer
+        from dnsgo.app.logs import install_observer
 
         install_observer(parent, self.config.logging)
         return super().setServiceParent(parent)
@@ -100,13 +100,13 @@ class ServerRoot(service.MultiService):
 
     def shared_cache_status(self) -> defer.Deferred:
         """The API's ``sharedCache`` object, or None outside hybrid mode."""
-        from dnsgo.shared_status import shared_cache_status
+        from dnsgo.api.shared_status import shared_cache_status
 
         return shared_cache_status(self.config, self.backend, self.shared_store)
 
     def clear_local(self, cache_types, name=None, type=None, subtree=False) -> int:
         """Drop matching entries from this process's L1 and/or L2 (no shared store, no publishing)."""
-        from dnsgo.invalidation import Flush, apply_locally
+        from dnsgo.invalidation.flush import Flush, apply_locally
 
         return apply_locally(Flush(name, type, subtree, frozenset(cache_types)), self.caches)
 
@@ -117,7 +117,8 @@ class ServerRoot(service.MultiService):
         ``worker`` clears this process only, ``shared`` the shared store only.
         Fires with {results, sharedCleared}.
         """
-        from dnsgo.invalidation import Flush, SharedFlushFailed, apply_locally, flush_shared
+        from dnsgo.invalidation.flush import Flush, apply_locally, flush_shared
+        from dnsgo.invalidation.strategies import SharedFlushFailed
 
         flush = Flush(name, type, subtree, frozenset(cache_types))
         mine = [{"workerId": self.identity.worker_id, "success": True, "cleared": sorted(flush.caches)}]
@@ -163,14 +164,15 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     ``broadcast(flush)`` hands flushes to the control plane (strategy
     ``broadcast``; a process without one has no peers to tell).
     """
-    from dnsgo.acl import ClientFilter
-    from dnsgo.cache.infra import InfraCache
-    from dnsgo.cache.rrset_resolver import RRsetResolver, fill_from_reply
-    from dnsgo.handler import QueryHandler
-    from dnsgo.invalidation import build_invalidator, unique_origin_id
-    from dnsgo.resolve import Chain, ForwardingResolver
-    from dnsgo.server import DNSService
-    from dnsgo.upstream import UpstreamPool
+    from dnsgo.serve.acl import ClientFilter
+    from dnsgo.upstream.infra import InfraCache
+    from dnsgo.resolve.l2 import RRsetResolver, fill_from_reply
+    from dnsgo.serve.handler import QueryHandler
+    from dnsgo.invalidation.strategies import build_invalidator, unique_origin_id
+    from dnsgo.resolve.chain import Chain
+    from dnsgo.resolve.forwarding import ForwardingResolver
+    from dnsgo.serve.listeners import DNSService
+    from dnsgo.upstream.pool import UpstreamPool
 
     root = ServerRoot(config)
     root.identity = identity_for(config, environ)
@@ -188,7 +190,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     caches = build_caches(config.cache, on_prefetch=lambda q: root.handler.prefetch(q), reactor=reactor)
     signer = None
     if config.cache.mode == "hybrid":
-        from dnsgo.cache.shared_resolver import HybridRRsetResolver, fill_hybrid
+        from dnsgo.resolve.hybrid import HybridRRsetResolver, fill_hybrid
 
         signer = shared_signer(config)
         root.backend, root.shared_store = build_shared(config, signer, reactor=reactor)
@@ -245,9 +247,9 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
 
 
 def shared_signer(config):
-    """The :class:`~dnsgo.signing.Signer` of ``cache.shared_cache.signing_key`` (or its file), or None."""
+    """The :class:`~dnsgo.cache.signing.Signer` of ``cache.shared_cache.signing_key`` (or its file), or None."""
     from dnsgo.config import signing_key
-    from dnsgo.signing import Signer
+    from dnsgo.cache.signing import Signer
 
     key = signing_key(config.cache.shared_cache)
     return Signer(key) if key else None

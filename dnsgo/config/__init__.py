@@ -25,8 +25,8 @@ from typing import Any, Literal, Union
 import attrs
 import yaml
 
-from dnsgo.durations import EXAMPLES as _DURATION_EXAMPLES
-from dnsgo.durations import parse_duration
+from dnsgo.config.durations import EXAMPLES as _DURATION_EXAMPLES
+from dnsgo.config.durations import parse_duration
 
 DEFAULT_RESOLV_CONF = "/etc/resolv.conf"
 

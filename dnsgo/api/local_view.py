@@ -7,7 +7,7 @@ over its registered workers (:class:`ControlClusterView`).
 import attrs
 from twisted.internet import defer
 
-from dnsgo.stats import worker_snapshot
+from dnsgo.api.snapshot import worker_snapshot
 
 _L2_TYPE = {"redis": "redis", "redis-sentinel": "redis-sentinel", "redis-cluster": "redis-cluster"}
 _REPLICATION = {"redis": "none", "redis-sentinel": "sentinel", "redis-cluster": "cluster"}

@@ -5,12 +5,12 @@ shared cache read from Redis.
 """
 from twisted.internet import defer
 
-from dnsgo.cluster_view import architecture
-from dnsgo.shared_status import shared_cache_status
+from dnsgo.api.local_view import architecture
+from dnsgo.api.shared_status import shared_cache_status
 
 
 class ControlClusterView:
-    """ClusterView over a :class:`dnsgo.roles.ControlRoot`."""
+    """ClusterView over a :class:`dnsgo.app.roles.ControlRoot`."""
 
     def __init__(self, root, reactor=None) -> None:
         self._root = root
@@ -32,7 +32,7 @@ class ControlClusterView:
         return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store)
 
     def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
-        from dnsgo.invalidation import Flush, flush_shared
+        from dnsgo.invalidation.flush import Flush, flush_shared
 
         control = self._root.control
         caches = sorted(cache_types)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from twisted.internet import defer
 
-from dnsgo.cache.message import hit_rate
+from dnsgo.cache.stats import hit_rate
 
 
 def shared_cache_status(config, backend, store=None, reactor=None) -> defer.Deferred:

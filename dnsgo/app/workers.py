@@ -77,7 +77,7 @@ def check_can_listen(host: str, port: int, *, enable_tcp: bool) -> None:
     ``SO_REUSEPORT``) once and let it go, so that an address nobody can serve
     on fails before any worker starts.  Raises :class:`ListenError`.
     """
-    from dnsgo.server import bind_socket
+    from dnsgo.serve.listeners import bind_socket
 
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if port == 0:
@@ -112,7 +112,7 @@ class _Monitor(ProcessMonitor):
     killTime = KILL_TIME
     maxRestartDelay = MAX_RESTART_DELAY
     # procmon logs each worker's lines through ``log``, as "[worker-N] line".
-    log = Logger(namespace="dnsgo.workers")
+    log = Logger(namespace="dnsgo.app.workers")
 
     def __init__(self, reactor) -> None:
         super().__init__(reactor)
@@ -177,7 +177,7 @@ class _SupervisorObserver:
     """
 
     def __init__(self, logging_config, monitor: ProcessMonitor, out=None) -> None:
-        from dnsgo.logs import make_observer
+        from dnsgo.app.logs import make_observer
 
         self._monitor = monitor
         self._own = make_observer(logging_config, out)
@@ -204,7 +204,7 @@ class WorkerSupervisor(service.MultiService):
     twistd application, it installs its log observer there.
     """
 
-    log = Logger(namespace="dnsgo.workers")
+    log = Logger(namespace="dnsgo.app.workers")
 
     def __init__(
         self,
@@ -223,7 +223,7 @@ class WorkerSupervisor(service.MultiService):
         self._config_path = config_path
         self._executable = executable
         self._env = dict(os.environ if environ is None else environ)
-        #: The control plane (a dnsgo.roles.ControlRoot) the workers register
+        #: The control plane (a dnsgo.app.roles.ControlRoot) the workers register
         #: with; started before them, stopped after them.
         self.control = control
         if control is not None:

@@ -1,6 +1,6 @@
 """
 The DNS listeners: UDP datagrams and RFC 7766 TCP streams, both feeding a
-:class:`~dnsgo.handler.QueryHandler`, and the service that binds them.
+:class:`~dnsgo.serve.handler.QueryHandler`, and the service that binds them.
 
 Sockets are created here rather than by ``reactor.listenUDP`` so that
 ``SO_REUSEPORT`` can be set: several worker processes then share one
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.protocols.policies import TimeoutMixin
 
-from dnsgo import fdlimit
+from dnsgo.serve import fdlimit
 
 
 class DNSDatagramProtocol(protocol.DatagramProtocol):
@@ -338,7 +338,7 @@ class DNSService(service.Service):
     At most ``tcp_max_connections`` client TCP connections are open at once,
     and fewer when the open-file limit ``descriptor_limit`` (by default this
     process's soft RLIMIT_NOFILE; None: unlimited) would leave too few
-    descriptors for the upstream sockets: see :mod:`dnsgo.fdlimit`.
+    descriptors for the upstream sockets: see :mod:`dnsgo.serve.fdlimit`.
     """
 
     log = Logger()

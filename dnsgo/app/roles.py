@@ -15,11 +15,11 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from dnsgo.assemble import build_service, identity_for
-from dnsgo.cluster_view import LocalClusterView, architecture
+from dnsgo.app.assemble import build_service, identity_for
+from dnsgo.api.local_view import LocalClusterView
 from dnsgo.config import ConfigError, api_token, parse_config
 
-log = Logger(namespace="dnsgo.roles")
+log = Logger(namespace="dnsgo.app.roles")
 
 
 class StartupError(Exception):
@@ -76,7 +76,7 @@ class ControlRoot(service.MultiService):
         self.backend = self.shared_store = None
 
     def setServiceParent(self, parent):
-        from dnsgo.logs import install_observer
+        from dnsgo.app.logs import install_observer
 
         install_observer(parent, self.config.logging)
         return super().setServiceParent(parent)
@@ -87,7 +87,7 @@ def build_control(config, config_path, *, host=None, port=None, heartbeat_interv
     """``twistd dnsgo control``: the control channel, the API, and (hybrid) a Redis view of the shared cache."""
     from dnsgo.control.registry import WorkerRegistry
     from dnsgo.control.server import ControlService
-    from dnsgo.control_view import ControlClusterView
+    from dnsgo.api.control_view import ControlClusterView
 
     root = ControlRoot(config)
     text = _config_text(config_path)
@@ -103,7 +103,7 @@ def build_control(config, config_path, *, host=None, port=None, heartbeat_interv
     )
     root.control.setName("control")
     if config.cache.mode == "hybrid":
-        from dnsgo.assemble import _BackendService, build_shared, shared_signer
+        from dnsgo.app.assemble import _BackendService, build_shared, shared_signer
 
         root.backend, root.shared_store = build_shared(config, shared_signer(config), reactor=reactor)
         _BackendService(root.backend).setServiceParent(root)
@@ -121,7 +121,7 @@ def build_supervisor(config, config_path, reactor=None):
     ``num_workers`` > 1: a control plane on a loopback port, the API over it,
     and the worker processes (``twistd dnsgo worker``) under procmon.
     """
-    from dnsgo.workers import WorkerSupervisor
+    from dnsgo.app.workers import WorkerSupervisor
 
     control = build_control(config, config_path, host="127.0.0.1", port=0, heartbeat_interval=1.0,
                             reactor=reactor)
@@ -163,7 +163,7 @@ class WorkerRoot(service.MultiService):
 
     def setServiceParent(self, parent):
         from dnsgo.config import LoggingConfig
-        from dnsgo.logs import install_observer
+        from dnsgo.app.logs import install_observer
 
         install_observer(parent, self.local_config.logging if self.local_config is not None else LoggingConfig())
         return super().setServiceParent(parent)
@@ -183,7 +183,7 @@ class WorkerRoot(service.MultiService):
 
     def broadcast(self, flush) -> defer.Deferred:
         """Strategy ``broadcast``: the control plane relays ``flush`` to the other workers."""
-        from dnsgo.invalidation import qtype_text
+        from dnsgo.dns.types import qtype_text
 
         qtype = None if flush.qtype is None else str(qtype_text(flush.qtype))
         return self.client.invalidate(sorted(flush.caches), flush.name, qtype, flush.subtree)
@@ -213,7 +213,7 @@ class WorkerRoot(service.MultiService):
 
     def snapshot(self) -> dict:
         """The stats snapshot for heartbeats."""
-        from dnsgo.stats import worker_snapshot
+        from dnsgo.api.snapshot import worker_snapshot
 
         if self.server is None:
             return {"workerId": self.worker_id, "serving": False}
@@ -240,7 +240,7 @@ def build_worker(control_address: str, local_config, *, worker_id=None, cluster_
         cluster_name = cluster_name or ident.cluster_name
         dns_address = str(local_config.server.listen_address)
     else:
-        from dnsgo.stats import default_worker_id
+        from dnsgo.app.identity import default_worker_id
 
         worker_id = worker_id or environ.get("WORKER_ID") or default_worker_id()
         cluster_name = cluster_name or environ.get("SITE_ID", "")

@@ -15,7 +15,7 @@ replies whole).
 
 The assembly (:func:`assemble`) works over a *step* function that says
 what is known about one name, synchronously or through a Deferred, so the
-hybrid resolver (:mod:`dnsgo.cache.shared_resolver`) assembles answers
+hybrid resolver (:mod:`dnsgo.resolve.hybrid`) assembles answers
 from the local cache and Redis with the same code.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from twisted.names import common, dns, error
 from zope.interface import implementer
 
 from dnsgo.cache.rrset import RRSIG, RRsetCache, learn_from_reply
-from dnsgo.resolve import FinalAnswer
+from dnsgo.resolve.chain import FinalAnswer
 
 #: The longest CNAME chain assembled from cached pieces.
 MAX_CNAME_HOPS = 8

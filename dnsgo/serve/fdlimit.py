@@ -20,7 +20,7 @@ import resource
 
 from twisted.logger import Logger
 
-log = Logger(namespace="dnsgo.fdlimit")
+log = Logger(namespace="dnsgo.serve.fdlimit")
 
 #: "Use this process's own soft limit" (as a default argument).
 PROCESS_LIMIT = object()

@@ -1,0 +1,1 @@
+"""DNS on the wire: message bytes, names, the table of record types and cache kinds."""

@@ -1,0 +1,75 @@
+"""
+The last resolver of the chain: the question goes to the upstream pool, and
+every reply fills the caches through ``on_reply`` unless twisted.names
+cannot hold its names faithfully.
+"""
+from twisted.internet import defer
+from twisted.internet.interfaces import IResolver
+from twisted.names import common, dns
+from zope.interface import implementer
+
+from dnsgo.dns import wire
+from dnsgo.resolve.chain import RecentFailure, VerbatimReply, message_to_result
+from dnsgo.resolve.query import FlaggedQuery
+
+
+@implementer(IResolver)
+class ForwardingResolver(common.ResolverBase):
+    """
+    The last resolver of the chain: forwards the question to the upstream
+    pool, which picks servers by the L3 infrastructure cache.
+
+    ``on_reply(query, message)`` is called with every upstream reply (the
+    L2 cache fills itself from it); the message is shared and read-only.
+    With ``failures`` (a :class:`~dnsgo.upstream.failures.FailureCache`), a
+    question that timed out or got SERVFAIL fails again at once for a few
+    seconds instead of going upstream (RFC 9520).
+    """
+
+    def __init__(self, pool, on_reply=None, failures=None) -> None:
+        common.ResolverBase.__init__(self)
+        self._pool = pool
+        self._on_reply = on_reply
+        self._failures = failures
+
+    def query(self, query, timeout=None):
+        """Forward ``query`` (a ``FlaggedQuery`` or plain ``dns.Query``)."""
+        if not isinstance(query, FlaggedQuery):
+            query = FlaggedQuery.from_name(query.name.name, query.type, query.cls)
+        key = self._failure_key(query)
+        if key is not None and self._failures.recent(key):
+            return defer.fail(RecentFailure())
+        d = self._pool.query(
+            query.qname_wire,
+            query.type,
+            query.cls,
+            do=query.dnssec_ok,
+            cd=query.checking_disabled,
+        )
+        d.addCallback(self._answered, query)
+        if key is not None:
+            d.addErrback(self._timed_out, key)
+        return d
+
+    def _failure_key(self, query):
+        if self._failures is None:
+            return None
+        return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
+
+    def _answered(self, reply, query):
+        verbatim = query.dotted or wire.has_dotted_label(reply.wire)
+        if self._on_reply is not None and not verbatim:
+            self._on_reply(query, reply.message)
+        if reply.message.rCode == dns.ESERVER and self._failures is not None:
+            self._failures.failed(self._failure_key(query))
+        if verbatim:
+            raise VerbatimReply(reply.wire)
+        return message_to_result(reply.message)
+
+    def _timed_out(self, failure, key):
+        failure.trap(defer.TimeoutError)
+        self._failures.failed(key)
+        return failure
+
+    def _lookup(self, name, cls, type, timeout):
+        return self.query(FlaggedQuery.from_name(name, type, cls), timeout)

@@ -115,9 +115,9 @@ class FakeCluster:
             return defer.fail(self.shared_error)
         return defer.succeed(copy.deepcopy(self.shared))
 
-    def clear(self, target, worker_ids, cache_types, name, type, subtree):
-        self.clears.append((target, worker_ids, cache_types, name, type, subtree))
-        Flush(name, type, subtree, frozenset(cache_types))
+    def clear(self, target, worker_ids, flush):
+        self.clears.append((target, worker_ids, flush))
+        cache_types = sorted(flush.caches)
         unknown = [w for w in worker_ids or () if w in self.vanished]
         if unknown:
             raise KeyError(unknown)

@@ -17,6 +17,7 @@ from dnsgo.api import views
 from dnsgo.api.auth import Unauthorized, check_bearer, is_loopback
 from dnsgo.api.clear import ClearRequest, RequestError, clear_response_body, parse_clear_request, type_code
 from dnsgo.api.openapi import openapi_document
+from dnsgo.invalidation.flush import Flush
 from tests.api_fakes import (
     SEED_ARCHITECTURE, SEED_SHARED, SEED_TIME, FakeCluster, FakeWorker, call, serve, snapshot,
 )
@@ -149,20 +150,21 @@ class ClearRequestTests(unittest.SynchronousTestCase):
 
     def test_defaults(self):
         """An empty object clears both caches everywhere."""
-        self.assertEqual(self.parse({}), ClearRequest("all", None, ("message", "rrset"), None, None, False))
+        self.assertEqual(self.parse({}), ClearRequest("all", None, Flush.everything()))
 
     def test_seed_examples(self):
         """The seed's three request bodies parse as they read."""
-        self.assertEqual(self.parse({"target": "all", "cacheType": "all"}).cache_types, ("message", "rrset"))
+        self.assertEqual(self.parse({"target": "all", "cacheType": "all"}).flush.caches, {"message", "rrset"})
         req = self.parse({"target": "worker", "workerIds": ["worker-1", "worker-2"], "cacheType": "message"})
-        self.assertEqual((req.target, req.worker_ids, req.cache_types), ("worker", ("worker-1", "worker-2"), ("message",)))
+        self.assertEqual((req.target, req.worker_ids, req.flush.caches), ("worker", ("worker-1", "worker-2"), {"message"}))
         self.assertEqual(self.parse({"target": "shared", "cacheType": "all"}).target, "shared")
 
     def test_by_name(self):
-        """A name gets its final dot, a type mnemonic is upper-cased, subtree is kept."""
+        """A name gets its final dot and is lowercased, a type mnemonic becomes its code, subtree is kept."""
         req = self.parse({"name": "Example.COM", "type": "aaaa", "subtree": True})
-        self.assertEqual((req.target, req.name, req.type, req.subtree), ("all", "Example.COM.", "AAAA", True))
-        self.assertEqual(self.parse({"name": "."}).name, ".")
+        self.assertEqual(req.target, "all")
+        self.assertEqual(req.flush, Flush("example.com.", 28, True))
+        self.assertEqual(self.parse({"name": "."}).flush.name, ".")
 
     def test_type_mnemonics(self):
         """Classic, modern and generic TYPEnnn mnemonics are known; others are not."""
@@ -398,7 +400,7 @@ class ClearTests(_Served):
     def test_all(self):
         """Clearing everything asks the view once and answers the seed's response."""
         r = yield self.delete({"target": "all", "cacheType": "all"})
-        self.assertEqual(self.cluster.clears, [("all", None, ["message", "rrset"], None, None, False)])
+        self.assertEqual(self.cluster.clears, [("all", None, Flush.everything())])
         self.assertEqual(r.json(), {
             "success": True, "clearedCount": 2, "sharedCleared": True,
             "results": [{"workerId": "worker-1", "success": True, "cleared": ["message", "rrset"]},
@@ -409,7 +411,7 @@ class ClearTests(_Served):
     def test_workers(self):
         """Clearing some workers' message caches passes the ids and the cache type."""
         r = yield self.delete({"target": "worker", "workerIds": ["worker-2"], "cacheType": "message"})
-        self.assertEqual(self.cluster.clears, [("worker", ["worker-2"], ["message"], None, None, False)])
+        self.assertEqual(self.cluster.clears, [("worker", ["worker-2"], Flush.everything(caches="message"))])
         self.assertEqual(r.json()["results"], [{"workerId": "worker-2", "success": True, "cleared": ["message"]}])
         self.assertTrue(r.json()["success"])
 
@@ -439,7 +441,7 @@ class ClearTests(_Served):
         """A by-name clear passes the canonical name, the type and subtree, target all by default."""
         r = yield self.delete({"name": "example.com", "type": "a", "subtree": True})
         self.assertEqual(r.status, 200)
-        self.assertEqual(self.cluster.clears, [("all", None, ["message", "rrset"], "example.com.", "A", True)])
+        self.assertEqual(self.cluster.clears, [("all", None, Flush("example.com.", "A", True))])
 
     @defer.inlineCallbacks
     def test_bad_requests(self):

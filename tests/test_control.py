@@ -20,10 +20,11 @@ from dnsgo.control.commands import (
     NotRegistered,
     Register,
     call,
-    check_caches,
+    FlushArgument,
 )
 from dnsgo.control.registry import WorkerRegistry
 from dnsgo.control.server import ControlService, Registration
+from dnsgo.invalidation.flush import Flush
 
 #: Long enough for anything that should happen on loopback.
 PATIENCE = 15.0
@@ -117,11 +118,11 @@ class FakeWorker:
         self.reloads.append(text)
         return self.reload_answer
 
-    def on_clear(self, request: dict):
-        self.clears.append(request)
+    def on_clear(self, flush, relayed: bool):
+        self.clears.append((flush, relayed))
         if self.clear_result is not None:
-            return self.clear_result(request)
-        return {"cleared": 7, "caches": request["caches"]}
+            return self.clear_result(flush)
+        return {"cleared": 7, "caches": sorted(flush.caches)}
 
     def on_shutdown(self) -> None:
         self.shutdowns += 1
@@ -408,11 +409,13 @@ class CallTests(unittest.SynchronousTestCase):
         self.assertEqual(self.successResultOf(d), {"ok": {"snapshot": "{}"}})
         self.assertEqual(clock.getDelayedCalls(), [])
 
-    def test_check_caches(self):
-        """Only message and rrset are caches, and at least one must be named."""
-        self.assertEqual(check_caches(("rrset", "message")), ["rrset", "message"])
-        self.assertRaises(ValueError, check_caches, ["message", "shared"])
-        self.assertRaises(ValueError, check_caches, [])
+    def test_flush_argument(self):
+        """A Flush crosses the channel as its JSON and comes back equal; anything else is refused."""
+        argument = FlushArgument()
+        for flush in (Flush.everything(), Flush("Example.COM", "AAAA", True, "message"), Flush("a\\.b.example.")):
+            self.assertEqual(argument.fromString(argument.toString(flush)), flush)
+        for bad in (b"{}", b"[]", b'{"name": null, "caches": ["shared"]}', b"not json", b"[" * 10000):
+            self.assertRaises(InvalidRequest, argument.fromString, bad)
 
 
 # --------------------------------------------------------------------------
@@ -567,7 +570,8 @@ class CommandTests(ControlTestCase):
         """ClearCache reaches only the named workers, with its arguments, and returns their answers."""
         control, workers, _ = await self.three_workers()
         workers["w3"].clear_result = lambda request: {"cleared": 2, "caches": ["message"]}
-        results = await control.clear_cache(["w3", "w1"], ["message", "rrset"], name="example.com.", type="A", subtree=True)
+        flush = Flush("example.com.", "A", True)
+        results = await control.clear_cache(["w3", "w1"], flush)
         self.assertEqual(
             results,
             [
@@ -575,31 +579,28 @@ class CommandTests(ControlTestCase):
                 {"workerId": "w1", "success": True, "cleared": ["message", "rrset"], "count": 7},
             ],
         )
-        self.assertEqual(
-            workers["w1"].clears,
-            [{"caches": ["message", "rrset"], "name": "example.com.", "type": "A", "subtree": True}],
-        )
+        self.assertEqual(workers["w1"].clears, [(flush, False)])
         self.assertEqual(workers["w2"].clears, [])
 
     async def test_clear_cache_all_workers_without_name(self):
-        """Without worker ids every worker is flushed; name and type arrive as None."""
+        """Without worker ids every worker is flushed; a flush of everything arrives as one."""
         control, workers, _ = await self.three_workers()
-        results = await control.clear_cache(None, ["rrset"])
+        results = await control.clear_cache(None, Flush.everything(caches="rrset"))
         self.assertEqual([r["workerId"] for r in results], ["w1", "w2", "w3"])
         self.assertTrue(all(r["success"] for r in results))
         for worker in workers.values():
-            self.assertEqual(worker.clears, [{"caches": ["rrset"], "name": None, "type": None, "subtree": False}])
+            self.assertEqual(worker.clears, [(Flush.everything(caches="rrset"), False)])
 
     async def test_unknown_worker_and_cache(self):
         """Unknown worker ids raise KeyError naming them, before anything is sent;
-        an unknown cache raises ValueError."""
+        an unknown cache cannot even make a Flush."""
         control, workers, _ = await self.three_workers()
         with self.assertRaises(KeyError) as caught:
-            control.clear_cache(["w1", "nope", "gone"], ["message"])
+            control.clear_cache(["w1", "nope", "gone"], Flush.everything(caches="message"))
         self.assertIn("nope, gone", str(caught.exception))
         self.assertRaises(KeyError, control.reload_config, ["nope"], "x")
         self.assertRaises(KeyError, control.shutdown, "nope")
-        self.assertRaises(ValueError, control.clear_cache, ["w1"], ["shared"])
+        self.assertRaises(ValueError, Flush, caches=["shared"])
         await sleep(0.1)
         self.assertEqual(workers["w1"].clears, [])
 
@@ -608,12 +609,12 @@ class CommandTests(ControlTestCase):
         as failures with a reason; the others still succeed."""
         control, workers, _ = await self.three_workers(command_timeout=0.5)
 
-        def fails(request):
+        def fails(flush):
             raise RuntimeError("disk on fire")
 
         workers["w1"].clear_result = fails
-        workers["w2"].clear_result = lambda request: defer.Deferred()
-        results = await control.clear_cache(None, ["message"])
+        workers["w2"].clear_result = lambda flush: defer.Deferred()
+        results = await control.clear_cache(None, Flush.everything(caches="message"))
         self.assertEqual(results[0], {"workerId": "w1", "success": False, "cleared": [], "count": 0,
                                       "error": "disk on fire"})
         self.assertFalse(results[1]["success"])
@@ -622,19 +623,19 @@ class CommandTests(ControlTestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
     async def test_broadcast_flush_and_invalidate(self):
-        """broadcast_flush reaches every worker but the excluded one; a worker's
-        invalidate is relayed to all the others."""
+        """broadcast_flush reaches every worker but the excluded one, marked relayed; a
+        worker's invalidate is relayed to all the others."""
         control, workers, clients = await self.three_workers()
-        results = await control.broadcast_flush(["message"], "a.example.", exclude="w2")
+        first = Flush("a.example.", caches="message")
+        results = await control.broadcast_flush(first, exclude="w2")
         self.assertEqual([r["workerId"] for r in results], ["w1", "w3"])
         self.assertEqual(workers["w2"].clears, [])
-        answer = await clients[0].invalidate(["rrset"], "b.example.", "AAAA", subtree=False)
+        second = Flush("b.example.", "AAAA", caches="rrset")
+        answer = await clients[0].invalidate(second)
         self.assertEqual(answer, {"workers": 2, "failed": 0})
-        self.assertEqual(workers["w1"].clears, [{"caches": ["message"], "name": "a.example.", "type": None,
-                                                  "subtree": False}])
+        self.assertEqual(workers["w1"].clears, [(first, True)])
         for worker_id in ("w2", "w3"):
-            self.assertEqual(workers[worker_id].clears[-1],
-                             {"caches": ["rrset"], "name": "b.example.", "type": "AAAA", "subtree": False})
+            self.assertEqual(workers[worker_id].clears[-1], (second, True))
 
     async def test_reload_config(self):
         """ReloadConfig hands the text to the worker's reload hook and reports whether it applied."""
@@ -668,7 +669,7 @@ class CommandTests(ControlTestCase):
         """A worker that is not registered cannot ask for a broadcast flush."""
         worker, client = self.start_worker(free_tcp_port())
         with self.assertRaises(NotRegistered):
-            await client.invalidate(["message"])
+            await client.invalidate(Flush.everything(caches="message"))
 
     async def test_shutdown(self):
         """Shutdown reaches the worker's hook and the control plane forgets the worker."""

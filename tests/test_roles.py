@@ -2,8 +2,12 @@
 from twisted.internet import defer, task
 from twisted.trial import unittest
 
+from dnsgo.app.assemble import Caches
+from dnsgo.cache.message import MessageCache
+from dnsgo.cache.rrset import RRsetCache
 from dnsgo.config import parse_config
 from dnsgo.invalidation.flush import Flush
+from dnsgo.invalidation.strategies import BroadcastInvalidator
 from dnsgo.app.roles import WorkerRoot, merge_worker_config
 
 CONTROL_TEXT = (
@@ -42,16 +46,47 @@ class BroadcastTests(unittest.SynchronousTestCase):
     """A worker's broadcast hook hands flushes to the control client."""
 
     def test_flush_goes_to_the_control_plane(self):
-        """Strategy broadcast: a flush becomes an Invalidate with caches, name, type mnemonic and subtree."""
+        """Strategy broadcast: the flush itself becomes the control plane's Invalidate."""
         sent = []
 
         class Client:
-            def invalidate(self, caches, name=None, type=None, subtree=False):
-                sent.append((caches, name, type, subtree))
+            def invalidate(self, flush):
+                sent.append(flush)
                 return defer.succeed({"workers": 2, "failed": 0})
 
         root = WorkerRoot(None, {}, worker_id="w", cluster_name="", reactor=task.Clock())
         root.client = Client()
         self.successResultOf(root.broadcast(Flush("Example.COM", "AAAA", subtree=True)))
         self.successResultOf(root.broadcast(Flush.everything(caches="message")))
-        self.assertEqual(sent, [(["message", "rrset"], "example.com.", "AAAA", True), (["message"], None, None, False)])
+        self.assertEqual(sent, [Flush("example.com.", 28, True), Flush.everything(caches="message")])
+
+    def test_relayed_flush_is_received_by_the_invalidator(self):
+        """
+        A ClearCache relayed from another worker goes through the broadcast
+        invalidator's receiving side (its counters move); one from the API
+        is applied without counting as received.
+        """
+        caches = make_caches(task.Clock())
+        invalidator = BroadcastInvalidator(caches, send=lambda flush: defer.succeed(None))
+
+        class Server:
+            def __init__(self):
+                self.invalidator = invalidator
+                self.local = []
+
+            def clear_local(self, flush):
+                self.local.append(flush)
+                return 0
+
+        root = WorkerRoot(None, {}, worker_id="w", cluster_name="", reactor=task.Clock())
+        root.server = Server()
+        self.assertEqual(root.clear(Flush("www.example.com", "A"), True), {"cleared": 0, "caches": ["message", "rrset"]})
+        self.assertEqual((invalidator.stats().received_batches, invalidator.stats().applied_flushes), (1, 1))
+        root.clear(Flush("example.org"), False)
+        self.assertEqual(invalidator.stats().received_batches, 1)
+        self.assertEqual(root.server.local, [Flush("example.org")])
+
+
+def make_caches(clock):
+    """Empty L1 and L2 caches of a small size."""
+    return Caches(MessageCache(max_size_mb=1, num_shards=1, reactor=clock), RRsetCache(max_size_mb=1, num_shards=1, reactor=clock), 0)

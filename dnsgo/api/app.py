@@ -26,6 +26,8 @@ from dnsgo.api.clear import RequestError, clear_response_body, clip_list, parse_
 from dnsgo.api.errors import error_reply, error_response, json_reply
 from dnsgo.api.openapi import openapi_document
 from dnsgo.api.metrics import ClusterMetrics
+from dnsgo.dns.types import RRSET
+from dnsgo.invalidation.flush import Flush
 
 #: What generate_latest() writes; every Prometheus version reads it.
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -62,10 +64,9 @@ class ClusterView(Protocol):
     def shared_cache(self) -> Deferred:
         """Fires with {type, address, status, stats{hits, misses, hit_rate, size_bytes}, lastSync} or None."""
 
-    def clear(self, target: str, worker_ids: list[str] | None, cache_types: list[str],
-              name: str | None, type: str | None, subtree: bool) -> Deferred:
-        """Clear caches; fires with {results: [{workerId, success, cleared}], sharedCleared}.
-        Raises KeyError at once for unknown worker ids."""
+    def clear(self, target: str, worker_ids: list[str] | None, flush: Flush) -> Deferred:
+        """Apply ``flush`` where ``target`` says; fires with {results: [{workerId, success, cleared}],
+        sharedCleared}.  Raises KeyError at once for unknown worker ids."""
 
     def upstreams(self) -> list[dict]:
         """[{workerId, upstreams: [L3 entries as in the snapshot]}]."""
@@ -196,15 +197,14 @@ class ManagementAPI:
             _refuse_unknown([w for w in req.worker_ids if w not in known])
         try:
             pending = self._view.clear(
-                req.target, list(req.worker_ids) if req.worker_ids is not None else None,
-                list(req.cache_types), req.name, req.type, req.subtree,
+                req.target, list(req.worker_ids) if req.worker_ids is not None else None, req.flush,
             )
         except KeyError as error:
             _refuse_unknown(error.args[0] if error.args else ())
             raise
         result = await pending
         shared_expected = req.target == "shared" or (
-            req.target == "all" and mode == "hybrid" and "rrset" in req.cache_types
+            req.target == "all" and mode == "hybrid" and RRSET in req.flush.caches
         )
         return json_reply(request, 200, clear_response_body(result, shared_expected))
 

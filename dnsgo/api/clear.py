@@ -26,7 +26,8 @@ import json
 import attrs
 
 from dnsgo.dns import wire
-from dnsgo.dns.types import parse_qtype, qtype_text
+from dnsgo.dns.types import parse_qtype
+from dnsgo.invalidation.flush import Flush
 
 TARGETS = ("all", "worker", "shared")
 CACHE_TYPES = ("all", "message", "rrset")
@@ -45,14 +46,11 @@ class RequestError(ValueError):
 
 @attrs.frozen
 class ClearRequest:
-    """A checked clear request; ``cache_types`` is ``("message", "rrset")`` for "all"."""
+    """A checked clear request: where (``target``, ``worker_ids``) and what (the :class:`Flush`)."""
 
     target: str = "all"
     worker_ids: tuple[str, ...] | None = None
-    cache_types: tuple[str, ...] = ("message", "rrset")
-    name: str | None = None
-    type: str | None = None
-    subtree: bool = False
+    flush: Flush = Flush.everything()
 
 
 def clip(text: str, limit: int = ECHO_LIMIT) -> str:
@@ -164,18 +162,16 @@ def parse_clear_request(raw: bytes) -> ClearRequest:
     subtree = _field(body, "subtree", bool, "true or false")
     if name is None and (rrtype is not None or subtree is not None):
         raise RequestError("type and subtree need a name")
-    if rrtype is not None:
-        # The code's canonical text ("aaaa" -> "AAAA", "TYPE65" -> "HTTPS", "65280" -> "TYPE65280"),
-        # which the views hand to Flush, whose parse_qtype reads it back.
-        text = qtype_text(type_code(rrtype))
-        rrtype = text if isinstance(text, str) else f"TYPE{text}"
+    flush = Flush(
+        canonical_name(name) if name is not None else None,
+        type_code(rrtype) if rrtype is not None else None,
+        bool(subtree),
+        cache_type,
+    )
     return ClearRequest(
         target=target,
         worker_ids=tuple(dict.fromkeys(worker_ids)) if worker_ids is not None else None,
-        cache_types=("message", "rrset") if cache_type == "all" else (cache_type,),
-        name=canonical_name(name) if name is not None else None,
-        type=rrtype,
-        subtree=bool(subtree),
+        flush=flush,
     )
 
 

@@ -7,6 +7,7 @@ from twisted.internet import defer
 
 from dnsgo.api.local_view import architecture
 from dnsgo.api.shared_status import shared_cache_status
+from dnsgo.invalidation.flush import Flush, flush_shared
 
 
 class ControlClusterView:
@@ -31,22 +32,19 @@ class ControlClusterView:
     def shared_cache(self) -> defer.Deferred:
         return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store)
 
-    def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
-        from dnsgo.invalidation.flush import Flush, flush_shared
-
+    def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
         control = self._root.control
-        caches = sorted(cache_types)
         if target == "worker":
-            d = control.clear_cache(list(worker_ids or []), caches, name=name, type=type, subtree=subtree)
+            d = control.clear_cache(list(worker_ids or []), flush)
         elif target == "all":
-            d = control.clear_cache(None, caches, name=name, type=type, subtree=subtree)
+            d = control.clear_cache(None, flush)
         else:
             d = defer.succeed([])
 
         def shared(results):
             if target == "worker":
                 return {"results": results, "sharedCleared": False}
-            s = flush_shared(self._root.shared_store, Flush(name, type, subtree, frozenset(caches)))
+            s = flush_shared(self._root.shared_store, flush)
             s.addCallback(lambda cleared: {"results": results, "sharedCleared": cleared})
             return s
 

@@ -89,13 +89,13 @@ class LocalClusterView:
     def shared_cache(self) -> defer.Deferred:
         return self._root.shared_cache_status()
 
-    def clear(self, target, worker_ids, cache_types, name, type, subtree) -> defer.Deferred:
+    def clear(self, target, worker_ids, flush) -> defer.Deferred:
         own = self._root.identity.worker_id
         if worker_ids:
             unknown = sorted(set(worker_ids) - {own})
             if unknown:
                 raise KeyError(unknown)
-        return self._root.clear_caches(target, cache_types, name, type, subtree)
+        return self._root.clear_caches(target, flush)
 
     def upstreams(self) -> list:
         return [

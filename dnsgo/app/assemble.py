@@ -104,23 +104,22 @@ class ServerRoot(service.MultiService):
 
         return shared_cache_status(self.config, self.backend, self.shared_store)
 
-    def clear_local(self, cache_types, name=None, type=None, subtree=False) -> int:
-        """Drop matching entries from this process's L1 and/or L2 (no shared store, no publishing)."""
-        from dnsgo.invalidation.flush import Flush, apply_locally
+    def clear_local(self, flush) -> int:
+        """Apply ``flush`` to this process's L1 and/or L2 (no shared store, no publishing)."""
+        from dnsgo.invalidation.flush import apply_locally
 
-        return apply_locally(Flush(name, type, subtree, frozenset(cache_types)), self.caches)
+        return apply_locally(flush, self.caches)
 
-    def clear_caches(self, target, cache_types, name=None, type=None, subtree=False) -> defer.Deferred:
+    def clear_caches(self, target, flush) -> defer.Deferred:
         """
         The API's clear for a single process: ``all`` goes through the
         invalidator (so pub/sub peers and the shared store hear of it),
         ``worker`` clears this process only, ``shared`` the shared store only.
         Fires with {results, sharedCleared}.
         """
-        from dnsgo.invalidation.flush import Flush, apply_locally, flush_shared
+        from dnsgo.invalidation.flush import apply_locally, flush_shared
         from dnsgo.invalidation.strategies import SharedFlushFailed
 
-        flush = Flush(name, type, subtree, frozenset(cache_types))
         mine = [{"workerId": self.identity.worker_id, "success": True, "cleared": sorted(flush.caches)}]
         if target == "shared":
             d = flush_shared(self.shared_store, flush)

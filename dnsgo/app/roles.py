@@ -183,10 +183,7 @@ class WorkerRoot(service.MultiService):
 
     def broadcast(self, flush) -> defer.Deferred:
         """Strategy ``broadcast``: the control plane relays ``flush`` to the other workers."""
-        from dnsgo.dns.types import qtype_text
-
-        qtype = None if flush.qtype is None else str(qtype_text(flush.qtype))
-        return self.client.invalidate(sorted(flush.caches), flush.name, qtype, flush.subtree)
+        return self.client.invalidate(flush)
 
     def reload_config(self, text: str):
         """A new configuration: start a new server beside the old (SO_REUSEPORT), then stop the old."""
@@ -203,13 +200,18 @@ class WorkerRoot(service.MultiService):
             return defer.maybeDeferred(old.disownServiceParent).addCallback(lambda _: True)
         return True
 
-    def clear(self, request: dict) -> dict:
-        """A ClearCache command: drop matching entries here."""
+    def clear(self, flush, relayed: bool) -> dict:
+        """
+        A ClearCache command: apply ``flush`` here.  A flush another worker
+        broadcast goes through this worker's invalidator (its receiving side
+        counts it); one from the API is applied to the caches directly.
+        """
+        caches = sorted(flush.caches)
         if self.server is None:
-            return {"cleared": 0, "caches": sorted(request["caches"])}
-        count = self.server.clear_local(request["caches"], request.get("name"), request.get("type"),
-                                        request.get("subtree", False))
-        return {"cleared": count, "caches": sorted(request["caches"])}
+            return {"cleared": 0, "caches": caches}
+        receive = getattr(self.server.invalidator, "receive", None)
+        count = receive(flush) if relayed and receive is not None else self.server.clear_local(flush)
+        return {"cleared": count, "caches": caches}
 
     def snapshot(self) -> dict:
         """The stats snapshot for heartbeats."""

@@ -34,9 +34,9 @@ from dnsgo.control.commands import (
     ReloadConfig,
     Shutdown,
     call,
-    check_caches,
     describe,
 )
+from dnsgo.invalidation.flush import Flush
 
 #: Reconnection delays: from 0.2 s, doubling, up to 5 s (plus up to 0.1 s of jitter).
 RETRY_POLICY = backoffPolicy(initialDelay=0.1, maxDelay=5.0, factor=2.0, jitter=lambda: random.uniform(0, 0.1))
@@ -64,8 +64,8 @@ class _WorkerProtocol(amp.AMP):
         super().connectionLost(reason)
 
     @ClearCache.responder
-    def clear_cache(self, caches, name, type, subtree):
-        return self._client._clear(caches, name, type, subtree)
+    def clear_cache(self, flush, relayed=False):
+        return self._client._clear(flush, bool(relayed))
 
     @ReloadConfig.responder
     def reload_config(self, config):
@@ -114,9 +114,11 @@ class ControlClient(service.Service):
       text differs from the last one handed to a hook.  False means "not
       applied"; None counts as applied.  Hooks that apply a configuration
       never run concurrently;
-    - ``on_clear({"caches", "name", "type", "subtree"})`` -> dict (or a
-      Deferred of one) with ``cleared`` (a count) and ``caches`` (the names
-      flushed).  A ValueError reaches the control plane as InvalidRequest.
+    - ``on_clear(flush, relayed)`` -> dict (or a Deferred of one) with
+      ``cleared`` (a count) and ``caches`` (the names flushed): apply a
+      :class:`~dnsgo.invalidation.flush.Flush` here; ``relayed`` says it is
+      another worker's broadcast.  A ValueError reaches the control plane as
+      InvalidRequest.
       It waits for a configuration being applied (so it never sees a
       worker without one);
     - ``on_shutdown()``: stop the worker; called just after the answer left.
@@ -136,7 +138,7 @@ class ControlClient(service.Service):
         capabilities=CAPABILITIES,
         snapshot: Callable[[], dict[str, Any]],
         on_config: Callable[[str], Any],
-        on_clear: Callable[[dict[str, Any]], Any],
+        on_clear: Callable[[Flush, bool], Any],
         on_reload: Callable[[str], Any],
         on_shutdown: Callable[[], Any],
         heartbeat_interval_default: float = 5.0,
@@ -200,19 +202,17 @@ class ControlClient(service.Service):
         self._cancel_retry()
         return self._connector.stopService()
 
-    def invalidate(self, caches, name=None, type=None, subtree=False) -> defer.Deferred:
+    def invalidate(self, flush: Flush) -> defer.Deferred:
         """
-        Ask the control plane to flush ``caches`` (``name``/``type``/``subtree``
-        as in ClearCache) on every other worker.  Fires with ``{"workers":
-        sent to, "failed": did not confirm}``; fails with NotRegistered while
-        the worker is not registered.
+        Ask the control plane to relay ``flush`` to every other worker.
+        Fires with ``{"workers": sent to, "failed": did not confirm}``; fails
+        with NotRegistered while the worker is not registered.
         """
         if self._registered_on is None:
             return defer.fail(NotRegistered("not registered with the control plane"))
         return call(
             self._registered_on, Invalidate,
-            timeout=self._command_timeout * 2, reactor=self._reactor,
-            caches=check_caches(caches), name=name, type=type, subtree=bool(subtree),
+            timeout=self._command_timeout * 2, reactor=self._reactor, flush=flush,
         )
 
     # -- the connection ----------------------------------------------------
@@ -302,17 +302,11 @@ class ControlClient(service.Service):
 
     # -- commands from the control plane -----------------------------------
 
-    def _clear(self, caches, name, type, subtree):
-        try:
-            caches = check_caches(caches)
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from None
-        request = {"caches": caches, "name": name, "type": type, "subtree": subtree}
-
+    def _clear(self, flush: Flush, relayed: bool):
         def answer(result):
             return {"cleared": int(result["cleared"]), "caches": list(result["caches"])}
 
-        d = self._applying.run(self._on_clear, request).addCallback(answer)
+        d = self._applying.run(self._on_clear, flush, relayed).addCallback(answer)
         return d.addErrback(_handler_error, "ClearCache")
 
     def _reload(self, text: str):

@@ -9,20 +9,13 @@ way gets a new command name.  What a worker can do is announced in
 """
 from __future__ import annotations
 
+import json
+
 from twisted.internet import defer, error
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-#: The caches a ClearCache can name.
-CACHES = ("message", "rrset")
-
-def check_caches(caches) -> list[str]:
-    """``caches`` as a list, if it names only (and at least one of) :data:`CACHES`; else ValueError."""
-    caches = list(caches)
-    unknown = [cache for cache in caches if cache not in CACHES]
-    if unknown or not caches:
-        raise ValueError(f"caches must be some of {', '.join(CACHES)}; got {caches!r}")
-    return caches
+from dnsgo.invalidation.flush import Flush
 
 
 #: What a worker built from this module can do, sent with Register.
@@ -50,6 +43,26 @@ class BigUnicode(amp.Argument):
         count = int(strings.pop(name))
         chunks = [strings.pop(_chunk_key(name, index)) for index in range(count)]
         objects[_python_name(name)] = b"".join(chunks).decode("utf-8")
+
+
+class FlushArgument(amp.Argument):
+    """
+    A :class:`~dnsgo.invalidation.flush.Flush`, carried as the JSON object of
+    the invalidation message format (``docs/invalidation.md``): the one value
+    a flush is from the API to the caches.  A value that is not a valid
+    flush fails the command on the receiving side (an error answer).
+    """
+
+    def toString(self, flush: Flush) -> bytes:
+        """The flush's JSON."""
+        return json.dumps(flush.to_json(), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    def fromString(self, data: bytes) -> Flush:
+        """The flush the JSON holds; InvalidRequest if it holds none."""
+        try:
+            return Flush.from_json(json.loads(data))
+        except (ValueError, RecursionError) as e:
+            raise InvalidRequest(f"not a flush: {e}"[:200]) from None
 
 
 def _python_name(name: bytes) -> str:
@@ -121,12 +134,7 @@ class Invalidate(amp.Command):
     once all of them answered or timed out.
     """
 
-    arguments = [
-        (b"caches", amp.ListOf(amp.Unicode())),
-        (b"name", amp.Unicode(optional=True)),
-        (b"type", amp.Unicode(optional=True)),
-        (b"subtree", amp.Boolean()),
-    ]
+    arguments = [(b"flush", FlushArgument())]
     response = [
         (b"workers", amp.Integer()),  # workers the flush was sent to
         (b"failed", amp.Integer()),  # of which did not confirm it
@@ -140,18 +148,14 @@ class Invalidate(amp.Command):
 
 class ClearCache(amp.Command):
     """
-    Flush ``caches`` (a subset of :data:`CACHES`): everything, or with
-    ``name`` the entries of that name (of ``type`` only, if given; with
-    ``subtree`` the names below it too).  Answers how many entries went and
-    from which caches.
+    Apply ``flush`` to the worker's own caches.  ``relayed`` is true when the
+    flush is another worker's, relayed by the control plane for the
+    ``broadcast`` strategy (the worker's invalidator receives it and counts
+    it), false for a clear asked through the management API.  Answers how
+    many entries went and from which caches.
     """
 
-    arguments = [
-        (b"caches", amp.ListOf(amp.Unicode())),
-        (b"name", amp.Unicode(optional=True)),
-        (b"type", amp.Unicode(optional=True)),
-        (b"subtree", amp.Boolean()),
-    ]
+    arguments = [(b"flush", FlushArgument()), (b"relayed", amp.Boolean(optional=True))]
     response = [
         (b"cleared", amp.Integer()),
         (b"caches", amp.ListOf(amp.Unicode())),

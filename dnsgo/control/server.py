@@ -25,10 +25,10 @@ from dnsgo.control.commands import (
     ReloadConfig,
     Shutdown,
     call,
-    check_caches,
     describe,
 )
 from dnsgo.control.registry import WorkerRegistry, WorkerSession
+from dnsgo.invalidation.flush import Flush
 
 #: Seconds a worker has to answer a command from the control plane.
 COMMAND_TIMEOUT = 5.0
@@ -128,14 +128,10 @@ class _ControlProtocol(amp.AMP):
         return {}
 
     @Invalidate.responder
-    def invalidate(self, caches, name, type, subtree):
+    def invalidate(self, flush):
         """Relay a flush to every other worker; count how many confirmed it."""
         session = self._session()
-        try:
-            check_caches(caches)
-        except ValueError as e:
-            raise InvalidRequest(str(e)) from None
-        d = self._control.broadcast_flush(caches, name, type, subtree, exclude=session.worker_id)
+        d = self._control.broadcast_flush(flush, exclude=session.worker_id)
 
         def count(results):
             return {"workers": len(results), "failed": sum(1 for r in results if not r["success"])}
@@ -214,39 +210,23 @@ class ControlService(service.Service):
 
     # -- operations for the management API ---------------------------------
 
-    def clear_cache(
-        self,
-        worker_ids: list[str] | None,
-        caches: list[str],
-        name: str | None = None,
-        type: str | None = None,
-        subtree: bool = False,
-    ) -> defer.Deferred:
+    def clear_cache(self, worker_ids: list[str] | None, flush: Flush) -> defer.Deferred:
         """
-        Flush ``caches`` on the workers ``worker_ids`` (None: all of them),
+        Apply ``flush`` on the workers ``worker_ids`` (None: all of them),
         all at once.  Fires with one result per worker, in order:
         ``{workerId, success, cleared: [caches], count[, error]}``.
-        Raises KeyError naming the unknown ids, ValueError for unknown caches.
+        Raises KeyError naming the unknown ids.
         """
-        targets = self._targets(worker_ids)
-        caches = check_caches(caches)
-        return self._send_flush(targets, caches, name, type, subtree)
+        return self._send_flush(self._targets(worker_ids), flush, relayed=False)
 
-    def broadcast_flush(
-        self,
-        caches: list[str],
-        name: str | None = None,
-        type: str | None = None,
-        subtree: bool = False,
-        exclude: str | None = None,
-    ) -> defer.Deferred:
+    def broadcast_flush(self, flush: Flush, exclude: str | None = None) -> defer.Deferred:
         """
-        The same flush as :meth:`clear_cache` on every connected worker but
-        ``exclude`` (the one that asked for it, in broadcast invalidation).
+        Relay ``flush`` to every connected worker but ``exclude`` (the one
+        that asked for it, in broadcast invalidation); each worker's
+        invalidator receives it.
         """
-        caches = check_caches(caches)
         targets = [s for s in self.registry.sessions() if s.protocol is not None and s.worker_id != exclude]
-        return self._send_flush(targets, caches, name, type, subtree)
+        return self._send_flush(targets, flush, relayed=True)
 
     def reload_config(self, worker_ids: list[str] | None, config_text: str) -> defer.Deferred:
         """
@@ -285,8 +265,8 @@ class ControlService(service.Service):
             raise KeyError(f"unknown worker ids: {', '.join(unknown)}")
         return [self.registry.session(worker_id) for worker_id in dict.fromkeys(worker_ids)]
 
-    def _send_flush(self, targets, caches, name, type, subtree) -> defer.Deferred:
-        arguments = {"caches": caches, "name": name, "type": type, "subtree": bool(subtree)}
+    def _send_flush(self, targets, flush: Flush, *, relayed: bool) -> defer.Deferred:
+        arguments = {"flush": flush, "relayed": relayed}
 
         def cleared(answer):
             return {"success": True, "cleared": list(answer["caches"]), "count": answer["cleared"]}

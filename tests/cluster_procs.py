@@ -6,19 +6,20 @@ client for the management API.
 
 Every process a test starts is killed (SIGKILL, or SIGTERM first for a
 supervisor so that it stops its own workers) and waited for when the test
-ends.
+ends, with every process it started in turn: each carries a mark in its
+environment (tests.harness.marked_environ) that its children inherit.
 """
 import json
 import os
 import re
 import signal
-import tempfile
 import urllib.error
 import urllib.request
 
 from twisted.internet import defer, error, protocol, reactor, task, threads
 from twisted.logger import Logger
 
+from tests.harness import kill_marked, marked_environ
 from tests.test_tap import TWISTD, free_port
 
 #: The bearer token of the control planes the tests start.
@@ -41,8 +42,10 @@ def clean_environ(**extra: str) -> dict:
 class TwistdProcess(protocol.ProcessProtocol):
     """A twistd child: its output so far, and ``ended`` (fires with the exit reason's value)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, mark: str | None = None) -> None:
         self.name = name
+        #: The mark (tests.harness.MARK) in its environment and its children's.
+        self.mark = mark
         self.out = b""
         self.ended = defer.Deferred()
         self.running = True
@@ -90,23 +93,25 @@ class TwistdProcess(protocol.ProcessProtocol):
 def spawn_twistd(testcase, name: str, args: list[str], env: dict | None = None, *, graceful: float = 0.0,
                  children=None):
     """
-    Start ``twistd -n --pidfile= ARGS`` as ``name``; returns its
-    :class:`TwistdProcess`.  When the test ends it is sent SIGTERM and given
-    ``graceful`` seconds (0: SIGKILL at once), then SIGKILL, and waited for;
-    then the pids ``children(output text)`` names (processes it started
-    that it could not stop) are SIGKILLed.
+    Start ``twistd -n --pidfile= ARGS`` as ``name``, in the test's
+    directory, with ``env`` (default :func:`clean_environ`) marked for it;
+    returns its :class:`TwistdProcess`.  When the test ends it is sent
+    SIGTERM and given ``graceful`` seconds (0: SIGKILL at once), then
+    SIGKILL, and waited for; then every process it started and left running
+    (found by the mark they inherited, whether or not it logged them) is
+    SIGKILLed and waited for.  (``children``, a function naming the pids of
+    such processes from the output, is no longer needed for that and is
+    ignored.)
     """
-    proc = TwistdProcess(name)
-    reactor.spawnProcess(
-        proc, TWISTD, [TWISTD, "-n", "--pidfile=", *args],
-        env=env if env is not None else clean_environ(), path=tempfile.gettempdir(),
-    )
+    env, mark = marked_environ(testcase, env if env is not None else clean_environ())
+    proc = TwistdProcess(name, mark)
+    reactor.spawnProcess(proc, TWISTD, [TWISTD, "-n", "--pidfile=", *args], env=env, path=os.getcwd())
 
+    @defer.inlineCallbacks
     def stop():
-        d = stop_process(proc, graceful)
-        if children is not None:
-            d.addCallback(lambda _: [kill_pid(pid) for pid in children(proc.text)])
-        return d
+        yield stop_process(proc, graceful)
+        # It cannot start any more now: kill those still running, orphans included.
+        yield kill_marked(mark)
 
     testcase.addCleanup(stop)
     return proc
@@ -117,6 +122,8 @@ def stop_process(proc: TwistdProcess, graceful: float = 0.0):
     """
     SIGTERM and up to ``graceful`` seconds, then SIGKILL; fires when the
     process is gone (its output then goes to the test log, _trial_temp/test.log).
+    Processes it started are left alone (a test may check that it stopped
+    them); the cleanup :func:`spawn_twistd` adds kills them.
     """
     if proc.running and graceful > 0:
         proc.signal("TERM")

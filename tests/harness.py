@@ -1,15 +1,20 @@
 """
 Shared pieces for end-to-end tests: start dnsgo on 127.0.0.1 with a given
 configuration, and ask it questions with dnspython (in a thread, so the
-reactor keeps serving) or with dig.
+reactor keeps serving) or with dig; and mark the processes a test starts so
+that none outlives it.
 """
+import itertools
+import os
 import shutil
+import signal
 import socket
 import struct
+import uuid
 
 import dns.message
 import dns.query
-from twisted.internet import defer, threads, utils
+from twisted.internet import defer, reactor, task, threads, utils
 
 from dnsgo.config import parse_config
 from dnsgo.app.assemble import build_service
@@ -114,3 +119,85 @@ def start_authority(testcase, authority=None):
     testcase.addCleanup(server.stop)
     yield None
     return server
+
+
+# -- processes a test starts ------------------------------------------------------
+
+#: The environment variable that marks a process a test started; its value
+#: is ``<test mark>/<n>``.  Children inherit it (a supervisor's workers too,
+#: and they keep it when the supervisor dies and they are reparented), so
+#: every process of a test can be found in /proc, orphans included.
+MARK = "DNSGO_TEST_PROCESS"
+
+_marks = itertools.count(1)
+
+
+def marked_environ(testcase, env=None) -> tuple[dict, str]:
+    """
+    A copy of ``env`` (default: this process's environment) marked for one
+    process ``testcase`` starts; returns (environment, mark).
+
+    The first call in a test adds a cleanup (run after the cleanups added
+    later, so after those stopping the processes) that kills every process
+    still carrying one of the test's marks and fails the test naming them.
+    """
+    test_mark = getattr(testcase, "_dnsgo_process_mark", None)
+    if test_mark is None:
+        test_mark = testcase._dnsgo_process_mark = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        testcase.addCleanup(_no_process_left, test_mark)
+    mark = f"{test_mark}/{next(_marks)}"
+    environ = dict(os.environ if env is None else env)
+    environ[MARK] = mark
+    return environ, mark
+
+
+def marked_processes(mark: str) -> dict[int, str]:
+    """The live processes marked ``mark`` or ``mark/...``: pid -> command line."""
+    want = f"{MARK}={mark}".encode()
+    found = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                variables = f.read().split(b"\0")
+            if not any(v == want or v.startswith(want + b"/") for v in variables):
+                continue
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                found[int(name)] = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+        except OSError:  # gone, or not ours to read
+            continue
+    return found
+
+
+@defer.inlineCallbacks
+def kill_marked(mark: str, timeout: float = 10.0):
+    """
+    SIGKILL every process marked ``mark`` (or ``mark/...``) until none is
+    left (a supervisor killed in the same round can have started one more);
+    fires with the processes it found (pid -> command line).  Ended
+    processes that are only zombies, waiting to be reaped, count as gone.
+    """
+    found: dict[int, str] = {}
+    deadline = reactor.seconds() + timeout
+    while True:
+        live = marked_processes(mark)
+        if not live:
+            return found
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"processes marked {mark} survive SIGKILL: {live}")
+        for pid, command in live.items():
+            found.setdefault(pid, command)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        yield task.deferLater(reactor, 0.02, lambda: None)
+
+
+@defer.inlineCallbacks
+def _no_process_left(test_mark: str):
+    left = yield kill_marked(test_mark)
+    if left:
+        shown = "\n".join(f"  pid {pid}: {command}" for pid, command in sorted(left.items()))
+        raise AssertionError(f"the test left {len(left)} process(es) running (now killed):\n{shown}")

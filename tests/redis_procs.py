@@ -4,6 +4,12 @@ Real redis-server processes for the tests: a single server, a Sentinel set
 replicas), each on free ports on 127.0.0.1, in a temporary directory, and
 stopped at the end of the test.
 
+The temporary directories are made when a process starts, under trial's
+temporary folder (``_trial_temp``, the current directory of a trial run):
+one left behind by a test that fails before its cleanup goes with trial's
+folder at the next run instead of piling up in the system's temporary
+folder.  Outside trial (bench/) they are made in the system's.
+
 Everything here is blocking and quick (processes start in milliseconds);
 tests call it from setUp and register ``stop`` with addCleanup.  Tests skip
 when redis-server is not installed.
@@ -55,6 +61,13 @@ def cli_set_bytes(port: int, key: bytes, value: bytes, timeout: float = 5.0) -> 
     return out.stdout.decode("utf-8", "replace").strip()
 
 
+def make_dir(prefix: str) -> str:
+    """A new directory for one process: under trial's temporary folder, the current directory, when trial runs."""
+    # trial marks its folder; with -jN each worker runs in a numbered folder inside it
+    under_trial = os.path.exists("_trial_marker") or os.path.exists(os.path.join("..", "_trial_marker"))
+    return tempfile.mkdtemp(prefix=prefix, dir=os.getcwd() if under_trial else None)
+
+
 def _wait(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -76,7 +89,8 @@ class RedisServer:
         self.password = password
         self.replicaof = replicaof
         self.cluster = cluster
-        self.dir = directory or tempfile.mkdtemp(prefix="dnsgo-redis-")
+        #: Its data directory: ``directory``, else made by the first ``start``.
+        self.dir = directory
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -100,6 +114,8 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         """Start the process and wait until it answers PING."""
+        if self.dir is None:
+            self.dir = make_dir("dnsgo-redis-")
         conf = os.path.join(self.dir, f"redis-{self.port}.conf")
         with open(conf, "w") as f:
             f.write("\n".join(self.config_lines()) + "\n")
@@ -121,7 +137,8 @@ class RedisServer:
     def stop(self) -> None:
         """Kill and remove the data directory."""
         self.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SentinelProcess:
@@ -134,7 +151,7 @@ class SentinelProcess:
         self.name = name
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.dir = tempfile.mkdtemp(prefix="dnsgo-sentinel-")
+        self.dir: str | None = None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -142,6 +159,8 @@ class SentinelProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> "SentinelProcess":
+        if self.dir is None:
+            self.dir = make_dir("dnsgo-sentinel-")
         conf = os.path.join(self.dir, "sentinel.conf")
         lines = [
             f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}", "protected-mode no",
@@ -164,7 +183,8 @@ class SentinelProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class SentinelSet:

@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import sys
-import tempfile
 
 import dns.exception
 import dns.message
@@ -35,7 +34,7 @@ from dnsgo.app.workers import (
     worker_args,
 )
 from tests.authority import AuthorityServer
-from tests.harness import ask
+from tests.harness import ask, kill_marked, marked_environ
 from tests.test_tap import TWISTD, free_port
 
 
@@ -491,24 +490,22 @@ class SupervisorRunTests(unittest.TestCase):
                 f'upstreams: ["127.0.0.1:{self.auth.port}"]\napi:\n  listen_address: "127.0.0.1:0"\n{extra}'
             )
         out = Output()
+        env, mark = marked_environ(self)
         transport = reactor.spawnProcess(
-            out, TWISTD, [TWISTD, "-n", "--pidfile=", "dnsgo", "--config", path],
-            env=dict(os.environ), path=tempfile.gettempdir(),
+            out, TWISTD, [TWISTD, "-n", "--pidfile=", "dnsgo", "--config", path], env=env, path=os.getcwd(),
         )
-        self.addCleanup(self.cleanup, out, transport)
+        self.addCleanup(self.cleanup, out, mark)
         return out, transport, port
 
     @defer.inlineCallbacks
-    def cleanup(self, out, transport):
-        """Kill whatever a failed test left behind: the supervisor and its workers."""
-        for pids in out.pids().values():
-            for pid in pids:
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-        try:
-            transport.signalProcess("KILL")
-        except error.ProcessExitedAlready:
-            pass
+    def cleanup(self, out, mark):
+        """
+        Kill whatever the test left running: the supervisor and every worker
+        it started, found by the mark they inherited, including a worker the
+        supervisor restarted while the others were being killed and one
+        whose start it had not logged yet.
+        """
+        yield kill_marked(mark)
         yield out.ended
 
     def listening(self, out, count: int):

@@ -14,14 +14,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
-from dnsgo.invalidation.flush import Flush
 
 #: 2024-01-15T10:30:00Z, the seed's lastUpdated.
 SEED_TIME = 1705314600.0
 
 
 def snapshot(worker_id: str = "worker-1", **overrides) -> dict:
-    """A worker stats snapshot shaped as dnsgo.stats.worker_snapshot() makes them."""
+    """A worker stats snapshot shaped as dnsgo.api.snapshot.worker_snapshot() makes them."""
     snap = {
         "workerId": worker_id, "clusterName": "site-a", "address": "10.0.0.10:53", "version": "0.1.0",
         "pid": 1234, "startedAt": SEED_TIME - 100.0, "now": SEED_TIME, "serving": True, "mode": "hybrid",

@@ -13,7 +13,7 @@ its own Site, as dnsgo.app.roles serves it) or, for pure parsing, directly.
 """
 import json
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
@@ -25,7 +25,6 @@ from dnsgo.api.clear import ECHO_LIMIT, RequestError, parse_clear_request, type_
 from dnsgo.api.openapi import openapi_document
 from dnsgo.api.site import MAX_BODY_BYTES, APISite, redacted_log_formatter
 from dnsgo.config import parse_config
-from dnsgo.invalidation.flush import Flush
 from dnsgo.dns.types import parse_qtype
 from dnsgo.app.roles import api_service
 from tests.api_fakes import SEED_SHARED, FakeCluster, FakeWorker, call, serve, snapshot
@@ -300,7 +299,7 @@ class JSONAmbiguityTests(unittest.SynchronousTestCase):
                 continue
             self.assertEqual(type_code(text), code, text)
             req = parse_clear_request(json.dumps({"name": "a.", "type": text}).encode())
-            self.assertEqual(Flush(req.name, req.type).qtype, code, text)
+            self.assertEqual(req.flush.qtype, code, text)
 
 
 class EchoTests(unittest.SynchronousTestCase):
@@ -426,7 +425,7 @@ class WiringTests(unittest.TestCase):
     def test_roles_serve_api_site(self):
         """api_service listens with an APISite: the body cap and the redacted access log are in force."""
         config = parse_config("api:\n  enabled: true\n  listen_address: 127.0.0.1:0\n  auth_token: abc\n", environ={})
-        service = api_service(config, cluster(), environ={})
+        service = api_service(config, cluster(), environ={}, reactor=task.Clock())
         site = service.args[1]
         self.assertIsInstance(site, APISite)
         self.assertEqual(site.max_body, MAX_BODY_BYTES)

@@ -256,7 +256,7 @@ class SnapshotTests(unittest.TestCase):
         yield ask(p, "www.example.test", "A")
         yield ask(p, "www.example.test", "A")
         yield ask(p, "nope.example.test", "A")
-        snap = json.loads(json.dumps(worker_snapshot(root)))
+        snap = json.loads(json.dumps(worker_snapshot(root, reactor)))
         self.assertEqual(snap["messageCache"]["hits"], 1)
         self.assertEqual(snap["messageCache"]["misses"], 2)
         self.assertIn(["NOERROR", "A", "udp", 2], snap["queries"])

@@ -19,7 +19,9 @@ from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
+from dnsgo.api.local_view import LocalClusterView
 from dnsgo.cache import shared_format as fmt
+from dnsgo.invalidation.flush import Flush, apply_locally
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.sentinel import SentinelRedis
@@ -340,7 +342,7 @@ class SingleRedisTests(HybridCase):
         for round_ in (1, 2):
             applied = b.invalidator.stats().applied_flushes
             started = time.monotonic()
-            yield a.clear_caches("all", ["message", "rrset"], "www.example.test.", None, False)
+            yield LocalClusterView(a, reactor=reactor).clear("all", None, Flush("www.example.test."))
             yield wait_until(lambda: b.invalidator.stats().applied_flushes > applied, BATCH_DELAY + 1.0,
                              "the flush to reach worker B")
             delays.append(time.monotonic() - started)
@@ -557,7 +559,7 @@ class ClusterTests(HybridCase):
 
         name = written[0]
         asked = self.upstream(name)
-        a.clear_local(["message", "rrset"])
+        apply_locally(Flush.everything(), a.caches)
         reply = yield self.answered(a, name)
         self.assertEqual(self.upstream(name), asked)  # read back from Redis, not upstream
         self.assertEqual(len(reply.answer), 1)

@@ -69,9 +69,7 @@ def _query(name: str, qtype: int) -> wire.QueryInfo:
 
 def make_caches(clock) -> Caches:
     """Real L1 and L2 caches on ``clock``, with a failure cache."""
-    caches = Caches(MessageCache(reactor=clock), RRsetCache(reactor=clock), 3600)
-    caches.failures = FailureCache(reactor=clock)
-    return caches
+    return Caches(MessageCache(reactor=clock), RRsetCache(reactor=clock), 3600, FailureCache(reactor=clock))
 
 
 def fill(caches: Caches, name: str, qtype: int) -> None:

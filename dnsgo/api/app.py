@@ -43,7 +43,7 @@ class WorkerView(Protocol):
     address: str
     status: str  # "healthy" | "unhealthy"
     last_heartbeat: float | None  # Unix time
-    snapshot: dict | None  # dnsgo.stats.worker_snapshot(), None before the first report
+    snapshot: dict | None  # dnsgo.api.snapshot.worker_snapshot(), None before the first report
 
 
 class ClusterView(Protocol):

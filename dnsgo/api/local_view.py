@@ -7,7 +7,11 @@ over its registered workers (:class:`ControlClusterView`).
 import attrs
 from twisted.internet import defer
 
+from dnsgo.api.shared_status import shared_cache_status
 from dnsgo.api.snapshot import worker_snapshot
+from dnsgo.dns.types import RRSET
+from dnsgo.invalidation.flush import Flush, apply_locally, flush_shared
+from dnsgo.invalidation.strategies import SharedFlushFailed
 
 _L2_TYPE = {"redis": "redis", "redis-sentinel": "redis-sentinel", "redis-cluster": "redis-cluster"}
 _REPLICATION = {"redis": "none", "redis-sentinel": "sentinel", "redis-cluster": "cluster"}
@@ -87,15 +91,38 @@ class LocalClusterView:
         ]
 
     def shared_cache(self) -> defer.Deferred:
-        return self._root.shared_cache_status()
+        root = self._root
+        return shared_cache_status(root.config, root.backend, root.shared_store, reactor=self._reactor)
 
-    def clear(self, target, worker_ids, flush) -> defer.Deferred:
-        own = self._root.identity.worker_id
+    def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
+        """
+        ``all`` goes through the invalidator (so pub/sub peers and the
+        shared store hear of it), ``worker`` clears this process only,
+        ``shared`` the shared store only.  Fires with {results, sharedCleared}.
+        """
+        root = self._root
+        own = root.identity.worker_id
         if worker_ids:
             unknown = sorted(set(worker_ids) - {own})
             if unknown:
                 raise KeyError(unknown)
-        return self._root.clear_caches(target, flush)
+        mine = [{"workerId": own, "success": True, "cleared": sorted(flush.caches)}]
+        if target == "shared":
+            d = flush_shared(root.shared_store, flush)
+            d.addCallback(lambda cleared: {"results": [], "sharedCleared": cleared})
+            return d
+        if target == "worker":
+            apply_locally(flush, root.caches)
+            return defer.succeed({"results": mine, "sharedCleared": False})
+        shared_wanted = root.shared_store is not None and RRSET in flush.caches
+        d = root.invalidator.invalidate(flush)
+
+        def failed(failure):
+            failure.trap(SharedFlushFailed)
+            return {"results": mine, "sharedCleared": False}
+
+        d.addCallbacks(lambda _: {"results": mine, "sharedCleared": shared_wanted}, failed)
+        return d
 
     def upstreams(self) -> list:
         return [

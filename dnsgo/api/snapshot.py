@@ -15,15 +15,11 @@ def cache_stats_dict(stats) -> dict:
     return attrs.asdict(stats)
 
 
-def worker_snapshot(root, reactor=None) -> dict:
-    """The stats snapshot of a running ServerRoot (see docs/control-protocol.md)."""
-    if reactor is None:
-        from twisted.internet import reactor
+def worker_snapshot(root, reactor) -> dict:
+    """The stats snapshot of a running ServerRoot at ``reactor``'s time (see docs/control-protocol.md)."""
     handler = root.handler
     caches = root.caches
     ident = root.identity
-    shared = getattr(root, "shared_snapshot", None)
-    invalidation = getattr(root, "invalidation_snapshot", None)
     return {
         "workerId": ident.worker_id,
         "clusterName": ident.cluster_name,
@@ -42,6 +38,14 @@ def worker_snapshot(root, reactor=None) -> dict:
         "staleAnswers": handler.counters["stale"],
         "servfails": handler.counters["servfail"],
         "upstreams": [attrs.asdict(u) for u in root.infra.snapshot()],
-        "sharedCache": shared() if shared else None,
-        "invalidation": invalidation() if invalidation else {"strategy": root.config.cache.invalidation.strategy},
+        "sharedCache": shared_snapshot(root.backend, root.shared_store),
+        "invalidation": attrs.asdict(root.invalidator.stats()),
     }
+
+
+def shared_snapshot(backend, store) -> dict | None:
+    """The shared cache's part of the snapshot: the backend's status and the store's counters (None outside hybrid mode)."""
+    if backend is None:
+        return None
+    stats = attrs.asdict(store.stats()) if store is not None else {}
+    return {**attrs.asdict(backend.status()), **stats}

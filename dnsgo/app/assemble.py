@@ -1,34 +1,50 @@
 """
 Building one serving process: the caches, the resolver chain, the listeners,
-the invalidator and (in hybrid mode) the shared cache, under a
-:class:`ServerRoot`.  The roles (:mod:`dnsgo.app.roles`) put these roots
-together with the control plane and the management API.
+the invalidator and (in hybrid mode) the shared cache, built together into
+the frozen :class:`ServerParts` of a :class:`ServerRoot`.  The roles
+(:mod:`dnsgo.app.roles`) put these roots together with the control plane
+and the management API, whose views (:mod:`dnsgo.api.local_view`,
+:mod:`dnsgo.api.snapshot`) own the shapes of what it shows.
 """
 import os
 
+import attrs
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
 
 from dnsgo.app.identity import Identity, default_worker_id, now_wall
+from dnsgo.app.logs import install_observer
+from dnsgo.cache.message import MessageCache
+from dnsgo.cache.rrset import RRsetCache
+from dnsgo.cache.shared import SharedRRsetStore
+from dnsgo.cache.signing import Signer
+from dnsgo.config import secret_password, signing_key
+from dnsgo.invalidation.strategies import build_invalidator, unique_origin_id
+from dnsgo.redis.factory import build_backend
+from dnsgo.resolve.chain import Chain
+from dnsgo.resolve.forwarding import ForwardingResolver
+from dnsgo.resolve.hybrid import HybridRRsetResolver, fill_hybrid
+from dnsgo.resolve.l2 import RRsetResolver, fill_from_reply
+from dnsgo.serve.acl import ClientFilter
+from dnsgo.serve.handler import QueryHandler
+from dnsgo.serve.listeners import DNSService
+from dnsgo.upstream.failures import FailureCache
+from dnsgo.upstream.infra import InfraCache
+from dnsgo.upstream.pool import UpstreamPool
 
 
+@attrs.frozen
 class Caches:
     """The local caches of one server process: L1 messages, L2 RRsets, remembered failures."""
 
-    def __init__(self, messages, rrsets, negative_ttl: int, failures=None) -> None:
-        self.messages = messages
-        self.rrsets = rrsets
-        self.negative_ttl = negative_ttl
-        self.failures = failures
+    messages: MessageCache | None
+    rrsets: RRsetCache | None
+    negative_ttl: int
+    failures: FailureCache | None = None
 
 
-def build_caches(cache_config, on_prefetch=None, reactor=None) -> Caches:
+def build_caches(cache_config, on_prefetch=None, *, reactor) -> Caches:
     """L1 and L2 per the ``cache`` section (negative caching off means a 0 s negative TTL)."""
-    from dnsgo.upstream.failures import FailureCache
-    from dnsgo.cache.message import MessageCache
-    from dnsgo.cache.rrset import RRsetCache
-
     neg = cache_config.negative_cache.ttl if cache_config.negative_cache.enabled else 0
     mc, rc = cache_config.message_cache, cache_config.rrset_cache
     pf, stale = cache_config.prefetch, cache_config.serve_stale
@@ -55,88 +71,50 @@ def build_caches(cache_config, on_prefetch=None, reactor=None) -> Caches:
     return Caches(messages, rrsets, neg, FailureCache(reactor=reactor))
 
 
+@attrs.frozen
+class ServerParts:
+    """
+    The parts of one serving process, built together by :func:`build_service`
+    (nothing is filled in later): what the management API, the control
+    client and the tests look at.  ``backend`` and ``shared_store`` are None
+    outside hybrid mode.
+    """
+
+    config: object
+    identity: Identity
+    infra: InfraCache
+    pool: UpstreamPool
+    caches: Caches
+    handler: QueryHandler
+    invalidator: object
+    dns_service: DNSService
+    backend: object = None
+    shared_store: SharedRRsetStore | None = None
+
+
 class ServerRoot(service.MultiService):
     """
-    One serving dnsgo process: its child services plus the parts the
-    management API, the control client and tests look at.
+    One serving dnsgo process: its child services and its :class:`ServerParts`
+    (``root.parts``; ``root.handler`` and the like read them too).
 
     Attached to a twistd application, it installs the ``logging`` section's
     observer there, which twistd then uses.
     """
 
-    log = Logger()
-
-    def __init__(self, config) -> None:
+    def __init__(self, parts: ServerParts) -> None:
         super().__init__()
-        self.config = config
-        self.infra = self.pool = self.handler = self.caches = None
-        self.identity: Identity | None = None
-        self.dns_service = None
-        self.invalidator = None
-        self.backend = None
-        self.shared_store = None
+        self.parts = parts
+
+    def __getattr__(self, name: str):
+        # Only called for names the service itself lacks: the parts, read-only.
+        parts = self.__dict__.get("parts")
+        if parts is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(parts, name)
 
     def setServiceParent(self, parent):
-        from dnsgo.app.logs import install_observer
-
-        install_observer(parent, self.config.logging)
+        install_observer(parent, self.parts.config.logging)
         return super().setServiceParent(parent)
-
-    def shared_snapshot(self) -> dict | None:
-        """The shared cache's part of the stats snapshot (None outside hybrid mode)."""
-        if self.backend is None:
-            return None
-        import attrs
-
-        status = attrs.asdict(self.backend.status())
-        stats = attrs.asdict(self.shared_store.stats()) if self.shared_store is not None else {}
-        return {**status, **stats}
-
-    def invalidation_snapshot(self) -> dict:
-        """The invalidator's counters for the snapshot."""
-        import attrs
-
-        return attrs.asdict(self.invalidator.stats())
-
-    def shared_cache_status(self) -> defer.Deferred:
-        """The API's ``sharedCache`` object, or None outside hybrid mode."""
-        from dnsgo.api.shared_status import shared_cache_status
-
-        return shared_cache_status(self.config, self.backend, self.shared_store)
-
-    def clear_local(self, flush) -> int:
-        """Apply ``flush`` to this process's L1 and/or L2 (no shared store, no publishing)."""
-        from dnsgo.invalidation.flush import apply_locally
-
-        return apply_locally(flush, self.caches)
-
-    def clear_caches(self, target, flush) -> defer.Deferred:
-        """
-        The API's clear for a single process: ``all`` goes through the
-        invalidator (so pub/sub peers and the shared store hear of it),
-        ``worker`` clears this process only, ``shared`` the shared store only.
-        Fires with {results, sharedCleared}.
-        """
-        from dnsgo.invalidation.flush import apply_locally, flush_shared
-        from dnsgo.invalidation.strategies import SharedFlushFailed
-
-        mine = [{"workerId": self.identity.worker_id, "success": True, "cleared": sorted(flush.caches)}]
-        if target == "shared":
-            d = flush_shared(self.shared_store, flush)
-            d.addCallback(lambda cleared: {"results": [], "sharedCleared": cleared})
-            return d
-        if target == "worker":
-            apply_locally(flush, self.caches)
-            return defer.succeed({"results": mine, "sharedCleared": False})
-        shared_wanted = self.shared_store is not None and "rrset" in flush.caches
-        d = self.invalidator.invalidate(flush)
-
-        def failed(failure):
-            failure.trap(SharedFlushFailed)
-            return {"results": mine, "sharedCleared": False}
-
-        d.addCallbacks(lambda _: {"results": mine, "sharedCleared": shared_wanted}, failed)
-        return d
 
 
 def identity_for(config, environ=None) -> Identity:
@@ -161,20 +139,13 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     with L1, L2 (local, or local + Redis in hybrid mode) and the forwarder.
     ``reuse_port`` lets several worker processes share the listen address;
     ``broadcast(flush)`` hands flushes to the control plane (strategy
-    ``broadcast``; a process without one has no peers to tell).
+    ``broadcast``; a process without one has no peers to tell).  A
+    composition root: without ``reactor`` it takes the global one, and
+    passes it to every part.
     """
-    from dnsgo.serve.acl import ClientFilter
-    from dnsgo.upstream.infra import InfraCache
-    from dnsgo.resolve.l2 import RRsetResolver, fill_from_reply
-    from dnsgo.serve.handler import QueryHandler
-    from dnsgo.invalidation.strategies import build_invalidator, unique_origin_id
-    from dnsgo.resolve.chain import Chain
-    from dnsgo.resolve.forwarding import ForwardingResolver
-    from dnsgo.serve.listeners import DNSService
-    from dnsgo.upstream.pool import UpstreamPool
-
-    root = ServerRoot(config)
-    root.identity = identity_for(config, environ)
+    if reactor is None:
+        from twisted.internet import reactor  # the root picks the reactor; nothing below does
+    identity = identity_for(config, environ)
     infra = InfraCache([(a.host, a.port) for a in config.upstreams], reactor=reactor)
     up = config.upstream
     pool = UpstreamPool(
@@ -186,16 +157,14 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         udp_size=config.server.edns_udp_size,
         reactor=reactor,
     )
-    caches = build_caches(config.cache, on_prefetch=lambda q: root.handler.prefetch(q), reactor=reactor)
-    signer = None
+    handler = None  # the prefetch hook of L1 calls the handler built below
+    caches = build_caches(config.cache, on_prefetch=lambda q: handler.prefetch(q), reactor=reactor)
+    signer = backend = shared_store = None
     if config.cache.mode == "hybrid":
-        from dnsgo.resolve.hybrid import HybridRRsetResolver, fill_hybrid
-
         signer = shared_signer(config)
-        root.backend, root.shared_store = build_shared(config, signer, reactor=reactor)
-        l2 = HybridRRsetResolver(caches.rrsets, root.shared_store)
-        on_reply = fill_hybrid(caches.rrsets, root.shared_store)
-        root.addService(_BackendService(root.backend))
+        backend, shared_store = build_shared(config, signer, reactor=reactor)
+        l2 = HybridRRsetResolver(caches.rrsets, shared_store, reactor=reactor)
+        on_reply = fill_hybrid(caches.rrsets, shared_store)
     else:
         l2 = RRsetResolver(caches.rrsets)
         on_reply = fill_from_reply(caches.rrsets)
@@ -212,18 +181,16 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         query_log=config.logging.query_log,
         reactor=reactor,
     )
-    root.invalidator = build_invalidator(
+    invalidator = build_invalidator(
         config.cache.invalidation,
         caches,
-        origin_id=unique_origin_id(root.identity.worker_id),
-        backend=root.backend,
-        shared_store=root.shared_store,
+        origin_id=unique_origin_id(identity.worker_id),
+        backend=backend,
+        shared_store=shared_store,
         send=broadcast or _no_peers,
         reactor=reactor,
         signer=signer,
     )
-    if isinstance(root.invalidator, service.Service):
-        root.invalidator.setServiceParent(root)
     listen = config.server.listen_address
     dns_service = DNSService(
         handler,
@@ -236,30 +203,26 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         reactor=reactor,
     )
     dns_service.setName("dns")
+    root = ServerRoot(ServerParts(
+        config=config, identity=identity, infra=infra, pool=pool, caches=caches, handler=handler,
+        invalidator=invalidator, dns_service=dns_service, backend=backend, shared_store=shared_store,
+    ))
+    if backend is not None:
+        BackendService(backend).setServiceParent(root)
+    if isinstance(invalidator, service.Service):
+        invalidator.setServiceParent(root)
     dns_service.setServiceParent(root)
-    root.dns_service = dns_service
-    root.infra = infra
-    root.pool = pool
-    root.handler = handler
-    root.caches = caches
     return root
 
 
-def shared_signer(config):
+def shared_signer(config) -> Signer | None:
     """The :class:`~dnsgo.cache.signing.Signer` of ``cache.shared_cache.signing_key`` (or its file), or None."""
-    from dnsgo.config import signing_key
-    from dnsgo.cache.signing import Signer
-
     key = signing_key(config.cache.shared_cache)
     return Signer(key) if key else None
 
 
-def build_shared(config, signer=None, reactor=None):
+def build_shared(config, signer=None, *, reactor):
     """The Redis backend and the shared RRset store of hybrid mode (values signed by ``signer``, if any)."""
-    from dnsgo.cache.shared import SharedRRsetStore
-    from dnsgo.config import secret_password
-    from dnsgo.redis.factory import build_backend
-
     shared = config.cache.shared_cache
     mc = config.cache.message_cache
     backend = build_backend(shared, secret_password(shared), reactor=reactor)
@@ -277,7 +240,7 @@ def build_shared(config, signer=None, reactor=None):
     return backend, store
 
 
-class _BackendService(service.Service):
+class BackendService(service.Service):
     """Starts and stops a Redis backend with the process (start never fails)."""
 
     def __init__(self, backend) -> None:

@@ -15,9 +15,21 @@ from twisted.application import internet, service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from dnsgo.app.assemble import build_service, identity_for
+import dnsgo
+from dnsgo.api import ManagementAPI, check_listen_allowed
+from dnsgo.api.control_view import ControlClusterView
 from dnsgo.api.local_view import LocalClusterView
-from dnsgo.config import ConfigError, api_token, parse_config
+from dnsgo.api.snapshot import worker_snapshot
+from dnsgo.app.assemble import BackendService, build_service, build_shared, identity_for, shared_signer
+from dnsgo.app.identity import default_worker_id
+from dnsgo.app.logs import install_observer
+from dnsgo.app.workers import WorkerSupervisor
+from dnsgo.cache.shared import SharedRRsetStore
+from dnsgo.config import ConfigError, LoggingConfig, api_token, parse_address, parse_config
+from dnsgo.control.client import ControlClient
+from dnsgo.control.registry import WorkerRegistry
+from dnsgo.control.server import ControlService
+from dnsgo.invalidation.flush import apply_locally
 
 log = Logger(namespace="dnsgo.app.roles")
 
@@ -26,12 +38,10 @@ class StartupError(Exception):
     """A role cannot start; the message says why (no traceback is shown)."""
 
 
-def api_service(config, view, reactor=None, environ=None):
+def api_service(config, view, *, reactor, environ=None):
     """The management API on ``api.listen_address``, or None when disabled."""
     if not config.api.enabled:
         return None
-    from dnsgo.api import ManagementAPI, check_listen_allowed
-
     try:
         token = api_token(config.api, environ if environ is not None else os.environ)
     except ConfigError as e:
@@ -50,6 +60,8 @@ def api_service(config, view, reactor=None, environ=None):
 
 def build_standalone(config, config_path, reactor=None):
     """``twistd dnsgo``: one process serving DNS and the API, or a supervisor of workers."""
+    if reactor is None:
+        from twisted.internet import reactor  # the root picks the reactor; nothing below does
     if config.server.num_workers > 1:
         return build_supervisor(config, config_path, reactor=reactor)
     root = build_service(config, reactor=reactor)
@@ -66,48 +78,60 @@ def _config_text(config_path) -> str:
         return f.read()
 
 
-class ControlRoot(service.MultiService):
-    """The control plane's services plus what its API needs."""
+@attrs.frozen
+class ControlParts:
+    """The parts of a control plane, built together by :func:`build_control`."""
 
-    def __init__(self, config) -> None:
+    config: object
+    registry: WorkerRegistry
+    control: ControlService
+    backend: object = None
+    shared_store: SharedRRsetStore | None = None
+
+
+class ControlRoot(service.MultiService):
+    """The control plane's services and its :class:`ControlParts` (``root.parts``; ``root.control`` reads them too)."""
+
+    def __init__(self, parts: ControlParts) -> None:
         super().__init__()
-        self.config = config
-        self.registry = self.control = None
-        self.backend = self.shared_store = None
+        self.parts = parts
+
+    def __getattr__(self, name: str):
+        # Only called for names the service itself lacks: the parts, read-only.
+        parts = self.__dict__.get("parts")
+        if parts is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(parts, name)
 
     def setServiceParent(self, parent):
-        from dnsgo.app.logs import install_observer
-
-        install_observer(parent, self.config.logging)
+        install_observer(parent, self.parts.config.logging)
         return super().setServiceParent(parent)
 
 
 def build_control(config, config_path, *, host=None, port=None, heartbeat_interval=None, reactor=None,
                   with_api: bool = True) -> ControlRoot:
     """``twistd dnsgo control``: the control channel, the API, and (hybrid) a Redis view of the shared cache."""
-    from dnsgo.control.registry import WorkerRegistry
-    from dnsgo.control.server import ControlService
-    from dnsgo.api.control_view import ControlClusterView
-
-    root = ControlRoot(config)
+    if reactor is None:
+        from twisted.internet import reactor  # the root picks the reactor; nothing below does
     text = _config_text(config_path)
-    root.registry = WorkerRegistry(config.control.heartbeat_timeout, reactor=reactor)
+    registry = WorkerRegistry(config.control.heartbeat_timeout, reactor=reactor)
     address = config.control.grpc_address
-    root.control = ControlService(
-        root.registry,
+    control = ControlService(
+        registry,
         lambda registration: text,
         host=host if host is not None else address.host,
         port=port if port is not None else address.port,
         heartbeat_interval=heartbeat_interval,
         reactor=reactor,
     )
-    root.control.setName("control")
+    control.setName("control")
+    backend = shared_store = None
     if config.cache.mode == "hybrid":
-        from dnsgo.app.assemble import _BackendService, build_shared, shared_signer
-
-        root.backend, root.shared_store = build_shared(config, shared_signer(config), reactor=reactor)
-        _BackendService(root.backend).setServiceParent(root)
-    root.control.setServiceParent(root)
+        backend, shared_store = build_shared(config, shared_signer(config), reactor=reactor)
+    root = ControlRoot(ControlParts(config, registry, control, backend, shared_store))
+    if backend is not None:
+        BackendService(backend).setServiceParent(root)
+    control.setServiceParent(root)
     if with_api:
         view = ControlClusterView(root, reactor=reactor)
         api = api_service(config, view, reactor=reactor)
@@ -121,8 +145,8 @@ def build_supervisor(config, config_path, reactor=None):
     ``num_workers`` > 1: a control plane on a loopback port, the API over it,
     and the worker processes (``twistd dnsgo worker``) under procmon.
     """
-    from dnsgo.app.workers import WorkerSupervisor
-
+    if reactor is None:
+        from twisted.internet import reactor  # the root picks the reactor; nothing below does
     control = build_control(config, config_path, host="127.0.0.1", port=0, heartbeat_interval=1.0,
                             reactor=reactor)
     supervisor = WorkerSupervisor(config, config_path, control=control, reactor=reactor)
@@ -162,9 +186,6 @@ class WorkerRoot(service.MultiService):
         self.client = None
 
     def setServiceParent(self, parent):
-        from dnsgo.config import LoggingConfig
-        from dnsgo.app.logs import install_observer
-
         install_observer(parent, self.local_config.logging if self.local_config is not None else LoggingConfig())
         return super().setServiceParent(parent)
 
@@ -210,13 +231,11 @@ class WorkerRoot(service.MultiService):
         if self.server is None:
             return {"cleared": 0, "caches": caches}
         receive = getattr(self.server.invalidator, "receive", None)
-        count = receive(flush) if relayed and receive is not None else self.server.clear_local(flush)
+        count = receive(flush) if relayed and receive is not None else apply_locally(flush, self.server.caches)
         return {"cleared": count, "caches": caches}
 
     def snapshot(self) -> dict:
         """The stats snapshot for heartbeats."""
-        from dnsgo.api.snapshot import worker_snapshot
-
         if self.server is None:
             return {"workerId": self.worker_id, "serving": False}
         return worker_snapshot(self.server, self.reactor)
@@ -225,12 +244,8 @@ class WorkerRoot(service.MultiService):
 def build_worker(control_address: str, local_config, *, worker_id=None, cluster_name=None, environ=None,
                  reactor=None) -> WorkerRoot:
     """``twistd dnsgo worker``: register with the control plane, then serve what it configures."""
-    import dnsgo
-    from dnsgo.config import parse_address
-    from dnsgo.control.client import ControlClient
-
     if reactor is None:
-        from twisted.internet import reactor
+        from twisted.internet import reactor  # the root picks the reactor; nothing below does
     environ = dict(os.environ if environ is None else environ)
     try:
         control = parse_address(control_address, ip_only=False)
@@ -242,8 +257,6 @@ def build_worker(control_address: str, local_config, *, worker_id=None, cluster_
         cluster_name = cluster_name or ident.cluster_name
         dns_address = str(local_config.server.listen_address)
     else:
-        from dnsgo.app.identity import default_worker_id
-
         worker_id = worker_id or environ.get("WORKER_ID") or default_worker_id()
         cluster_name = cluster_name or environ.get("SITE_ID", "")
         dns_address = ""

@@ -65,8 +65,8 @@ def main(args):
     cluster = RedisCluster().start()
     try:
         seeds = [("127.0.0.1", n.port) for n in cluster.nodes[:3]]
-        guard = Guard(CircuitBreaker(), read_timeout=5, write_timeout=5)
-        ours = ClusterRedis(seeds, guard=guard, pool_size=10)
+        guard = Guard(CircuitBreaker(reactor=reactor), read_timeout=5, write_timeout=5, reactor=reactor)
+        ours = ClusterRedis(seeds, guard=guard, pool_size=10, reactor=reactor)
         yield ours.start()
         keys = [b"bench:%d" % i for i in range(args.ops)]
         for key in keys:

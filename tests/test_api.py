@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 
-from twisted.internet import defer, utils
+from twisted.internet import defer, reactor, utils
 from twisted.trial import unittest
 
 from dnsgo.api import InsecureListenError, ManagementAPI, check_listen_allowed
@@ -232,7 +232,7 @@ class _Served(unittest.TestCase):
 
     def setUp(self):
         self.cluster = seed_cluster()
-        self.api = ManagementAPI(self.cluster, token=self.token)
+        self.api = ManagementAPI(self.cluster, token=self.token, reactor=reactor)
         self.port = serve(self, self.api)
 
     def call(self, method: bytes, path: bytes, body=None, token: str | None = TOKEN, headers=None):
@@ -340,7 +340,7 @@ class OpenTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_open_without_token(self):
         """With no token configured, requests without Authorization are served."""
-        port = serve(self, ManagementAPI(seed_cluster(), token=""))
+        port = serve(self, ManagementAPI(seed_cluster(), token="", reactor=reactor))
         r = yield call(port, b"GET", b"/api/workers")
         self.assertEqual(r.status, 200)
 

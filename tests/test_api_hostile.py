@@ -13,7 +13,7 @@ its own Site, as dnsgo.app.roles serves it) or, for pure parsing, directly.
 """
 import json
 
-from twisted.internet import defer, task
+from twisted.internet import defer, reactor, task
 from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
@@ -50,7 +50,7 @@ class _Hostile(unittest.TestCase):
     def setUp(self):
         """Serve a ManagementAPI with a token on 127.0.0.1 through its Site."""
         self.cluster = cluster()
-        self.api = ManagementAPI(self.cluster, token=TOKEN)
+        self.api = ManagementAPI(self.cluster, token=TOKEN, reactor=reactor)
         self.port = serve(self, self.api)
         self.addCleanup(self.connections_closed)
 
@@ -61,7 +61,7 @@ class _Hostile(unittest.TestCase):
         close: a refused request keeps its connection and a drain timer
         (APIRequest._abort) until then, and neither may outlive the test.
         """
-        from twisted.internet import reactor, task, tcp
+        from twisted.internet import tcp
 
         def open_here():
             servers = [s for s in reactor.getReaders() + reactor.getWriters()
@@ -151,7 +151,7 @@ class EarlyTokenTests(_Hostile):
         for method, target in [(b"GET", b"/api/health"), (b"GET", b"/api/ready?x=1"), (b"GET", b"/nothing"),
                                (b"POST", CLEAR), (b"GET", b"/api/%ff")]:
             self.assertFalse(self.api.needs_token(method, target), target)
-        self.assertFalse(ManagementAPI(self.cluster, token="").needs_token(b"GET", b"/api/workers"))
+        self.assertFalse(ManagementAPI(self.cluster, token="", reactor=reactor).needs_token(b"GET", b"/api/workers"))
 
     def test_open_paths_are_the_documented_ones(self):
         """OPEN_PATHS are exactly the operations the OpenAPI document marks as needing no token."""
@@ -234,7 +234,7 @@ class BodyCapTests(_Hostile):
     @defer.inlineCallbacks
     def test_small_cap(self):
         """APISite's max_body is the limit: 10 bytes allowed, a 20-byte body refused with a reason naming it."""
-        port = serve(self, ManagementAPI(self.cluster, token=TOKEN), max_body=10)
+        port = serve(self, ManagementAPI(self.cluster, token=TOKEN, reactor=reactor), max_body=10)
         r = yield exchange(port, request_head(b"DELETE", CLEAR, [bearer(TOKEN), (b"Content-Length", b"20")]) + b"{}" + b" " * 18)
         self.assertEqual(r.json()["reason"], "the request body is larger than 10 bytes")
 

@@ -154,7 +154,7 @@ class ControlTestCase(unittest.TestCase):
     config_text = "server:\n  listen_address: 127.0.0.1:5353\n"
 
     def start_control(self, port: int = 0, timeout: float = 30.0, config_text_for=None, **kwargs) -> ControlService:
-        registry = WorkerRegistry(timeout)
+        registry = WorkerRegistry(timeout, reactor=reactor)
         self.registrations: list[Registration] = []
 
         def default_config(registration):
@@ -162,7 +162,7 @@ class ControlTestCase(unittest.TestCase):
             return self.config_text
 
         control = ControlService(
-            registry, config_text_for or default_config, host="127.0.0.1", port=port, **kwargs
+            registry, config_text_for or default_config, host="127.0.0.1", port=port, reactor=reactor, **kwargs
         )
         control.startService()
         self.addCleanup(lambda: control.stopService() if control.running else None)
@@ -182,6 +182,7 @@ class ControlTestCase(unittest.TestCase):
             on_clear=worker.on_clear,
             on_reload=worker.on_reload,
             on_shutdown=worker.on_shutdown,
+            reactor=reactor,
             **kwargs,
         )
         if start:

@@ -173,6 +173,8 @@ class NonReadingClientTests(unittest.TestCase):
                 self.assertEqual(r.rcode(), dns.rcode.NOERROR)
                 self.assertLess(time.monotonic() - started, 1.0)
         self.assertFalse(any(c.closed_by_peer for c in clients))
+        print(f"\n  20 non-reading TCP clients x 2,000 pipelined 3.7 KB answers: server RSS "
+              f"{base / 2**20:.1f} -> {peak / 2**20:.1f} MiB (+{(peak - base) / 2**20:.1f})")
         self.assertLess(peak - base, 25 * 1024 * 1024, f"RSS grew from {base} to {peak} bytes")
 
     @defer.inlineCallbacks

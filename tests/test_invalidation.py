@@ -671,19 +671,20 @@ class LocalAndBroadcastTests(SynchronousTestCase):
 
     def test_build(self):
         """build_invalidator picks the class the strategy names and refuses missing collaborators."""
-        local = build_invalidator(InvalidationConfig(), self.caches)
+        local = build_invalidator(InvalidationConfig(), self.caches, reactor=self.clock)
         self.assertIsInstance(local, LocalInvalidator)
         cfg = InvalidationConfig(strategy="pubsub", pubsub=PubSubConfig(channel="c", batch_size=7, batch_delay=0.2))
         with self.assertRaises(ValueError):
-            build_invalidator(cfg, self.caches)
+            build_invalidator(cfg, self.caches, reactor=self.clock)
         ps = build_invalidator(cfg, self.caches, backend=FakePubSubBackend(FakeBroker()), origin_id="w1",
                                reactor=self.clock)
         self.assertIsInstance(ps, PubSubInvalidator)
         self.assertEqual((ps.channel, ps.origin_id), (b"c", "w1"))
         bc = InvalidationConfig(strategy="broadcast")
         with self.assertRaises(ValueError):
-            build_invalidator(bc, self.caches)
-        self.assertIsInstance(build_invalidator(bc, self.caches, send=lambda f: None), BroadcastInvalidator)
+            build_invalidator(bc, self.caches, reactor=self.clock)
+        self.assertIsInstance(build_invalidator(bc, self.caches, send=lambda f: None, reactor=self.clock),
+                              BroadcastInvalidator)
 
     def test_unique_origins(self):
         """build_invalidator gives each pubsub invalidator its own origin id when none is given."""

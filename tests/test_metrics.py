@@ -6,7 +6,7 @@ import threading
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from dnsgo.api.metrics import ClusterMetrics, SnapshotCollector, capture, cumulative_buckets
@@ -170,7 +170,7 @@ class RenderTests(unittest.TestCase):
     def test_render(self):
         """render() reads the view in the reactor thread and returns the text exposition."""
         cluster = FakeCluster(workers=[FakeWorker("w1", snapshot=snapshot("w1"))], shared=SEED_SHARED)
-        metrics = ClusterMetrics(cluster)
+        metrics = ClusterMetrics(cluster, reactor=reactor)
         text = yield defer.ensureDeferred(metrics.render())
         self.assertEqual(samples(text)[("dnsgo_cache_hits_total", labels(worker="w1", layer="rrset"))], 10000)
         self.assertEqual(cluster.threads, [threading.main_thread()])
@@ -180,7 +180,7 @@ class RenderTests(unittest.TestCase):
         """When the shared-cache statistics fail the scrape still succeeds, without them, and it is logged."""
         cluster = FakeCluster(workers=[FakeWorker("w1", snapshot=snapshot("w1"))], shared=SEED_SHARED)
         cluster.shared_error = ConnectionError("redis down")
-        text = yield defer.ensureDeferred(ClusterMetrics(cluster).render())
+        text = yield defer.ensureDeferred(ClusterMetrics(cluster, reactor=reactor).render())
         self.assertNotIn(b"dnsgo_shared_cache_size_bytes", text)
         self.assertIn(b"dnsgo_cache_hits_total", text)
         self.assertEqual(len(self.flushLoggedErrors(ConnectionError)), 1)
@@ -189,6 +189,6 @@ class RenderTests(unittest.TestCase):
         """Each ClusterMetrics has its own registry; nothing goes to the global one."""
         from prometheus_client import REGISTRY
 
-        a, b = ClusterMetrics(FakeCluster()), ClusterMetrics(FakeCluster())
+        a, b = ClusterMetrics(FakeCluster(), reactor=reactor), ClusterMetrics(FakeCluster(), reactor=reactor)
         self.assertIsNot(a.registry, b.registry)
         self.assertNotIn(b"dnsgo_", generate_latest(REGISTRY))

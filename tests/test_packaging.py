@@ -12,6 +12,7 @@ being read, so the development venv's editable dnsgo (found through its
 ``__editable__`` ``.pth``) stays out of sight, and what the fresh venv
 imports and plugs in is what the install put there.
 """
+import importlib.util
 import os
 import re
 import shutil
@@ -57,9 +58,7 @@ def _wheel_building_problem() -> str | None:
     major, minor = (int(x) for x in setuptools.__version__.split(".")[:2])
     if (major, minor) >= (70, 1):
         return None
-    try:
-        import wheel  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("wheel") is None:
         return (f"setuptools {setuptools.__version__} builds wheels only with the wheel package, which the "
                 "development venv lacks (the [test] extras install it: make venv)")
     return None

@@ -503,8 +503,9 @@ class RouterTests(unittest.SynchronousTestCase):
     def test_invalid_arguments(self):
         """A bad read_preference or no startup node is refused at construction."""
         guard = Guard(CircuitBreaker(reactor=self.clock), reactor=self.clock)
-        self.assertRaises(ValueError, ClusterRedis, [("h", 1)], read_preference="nearest", guard=guard)
-        self.assertRaises(ValueError, ClusterRedis, [], guard=guard)
+        self.assertRaises(ValueError, ClusterRedis, [("h", 1)], read_preference="nearest", guard=guard,
+                          reactor=self.clock)
+        self.assertRaises(ValueError, ClusterRedis, [], guard=guard, reactor=self.clock)
 
 
 # -- a real cluster --------------------------------------------------------------
@@ -560,7 +561,8 @@ class RealClusterTests(unittest.TestCase):
     def make_backend(self, nodes=None, **kwargs) -> ClusterRedis:
         nodes = nodes or [("127.0.0.1", n.port) for n in self.cluster.nodes[:3]]
         kwargs.setdefault("read_preference", self.read_preference)
-        backend = ClusterRedis(nodes, pool_size=2, guard=Guard(CircuitBreaker()), **kwargs)
+        guard = Guard(CircuitBreaker(reactor=reactor), reactor=reactor)
+        backend = ClusterRedis(nodes, pool_size=2, guard=guard, reactor=reactor, **kwargs)
         self.addCleanup(backend.stop)
         return backend
 
@@ -706,7 +708,8 @@ class NoClusterTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_start_never_fails(self):
         """start() fires after a log line, operations fail with RedisUnavailable within the timeout."""
-        backend = ClusterRedis([("127.0.0.1", free_port())], guard=Guard(CircuitBreaker()))
+        guard = Guard(CircuitBreaker(reactor=reactor), reactor=reactor)
+        backend = ClusterRedis([("127.0.0.1", free_port())], guard=guard, reactor=reactor)
         self.addCleanup(backend.stop)
         yield backend.start()
         self.assertEqual(backend.status().status, "unavailable")
@@ -778,8 +781,9 @@ class PasswordClusterTests(unittest.TestCase):
         self.addCleanup(self.cluster.stop)
 
     def backend(self, password: str) -> ClusterRedis:
+        guard = Guard(CircuitBreaker(reactor=reactor), reactor=reactor)
         backend = ClusterRedis([("127.0.0.1", self.cluster.nodes[0].port)], password=password, pool_size=2,
-                               guard=Guard(CircuitBreaker()))
+                               guard=guard, reactor=reactor)
         self.addCleanup(backend.stop)
         return backend
 

@@ -525,7 +525,8 @@ class RealSentinelTests(TestCase):
     def backend(self, **kwargs):
         """A started backend on the set's sentinels."""
         kwargs.setdefault("password", PASSWORD)
-        b = SentinelRedis(NAME, self.sentinels, guard=Guard(CircuitBreaker()), **kwargs)
+        guard = Guard(CircuitBreaker(reactor=reactor), reactor=reactor)
+        b = SentinelRedis(NAME, self.sentinels, guard=guard, reactor=reactor, **kwargs)
         self.addCleanup(b.stop)
         yield b.start()
         return b
@@ -625,8 +626,10 @@ class FailoverTests(TestCase):
         on the new master within 10 s of the kill; status shows its port.
         """
         s = start_sentinel_set(self)
-        b = SentinelRedis(NAME, [("127.0.0.1", x.port) for x in s.sentinels], guard=Guard(CircuitBreaker()),
-                          read_preference="replicaPreferred", recheck_interval=600, refresh_interval=600)
+        guard = Guard(CircuitBreaker(reactor=reactor), reactor=reactor)
+        b = SentinelRedis(NAME, [("127.0.0.1", x.port) for x in s.sentinels], guard=guard,
+                          read_preference="replicaPreferred", recheck_interval=600, refresh_interval=600,
+                          reactor=reactor)
         self.addCleanup(b.stop)
         yield b.start()
         self.assertEqual(b.status().master, s.master.address)

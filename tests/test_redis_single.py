@@ -60,11 +60,11 @@ class _Case(TestCase):
         self.logs = _Logs(self)
 
     def make_backend(self, port=None, password=None, **kwargs) -> SingleRedis:
-        breaker = CircuitBreaker(failure_threshold=3, reset_timeout=0.2, max_reset_timeout=0.4)
-        guard = Guard(breaker, read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT)
+        breaker = CircuitBreaker(failure_threshold=3, reset_timeout=0.2, max_reset_timeout=0.4, reactor=reactor)
+        guard = Guard(breaker, read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT, reactor=reactor)
         backend = SingleRedis(("127.0.0.1", port or self.server.port),
                               password=self.client_password if password is None else password,
-                              pool_size=3, guard=guard, **kwargs)
+                              pool_size=3, guard=guard, reactor=reactor, **kwargs)
         self.addCleanup(backend.stop)
         return backend
 
@@ -318,10 +318,10 @@ class OutageTests(_Case):
         reconnection closes it at once, so the shared cache is used again
         within about a second of Redis coming back.
         """
-        breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60.0, max_reset_timeout=60.0)
-        guard = Guard(breaker, read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT)
+        breaker = CircuitBreaker(failure_threshold=1, reset_timeout=60.0, max_reset_timeout=60.0, reactor=reactor)
+        guard = Guard(breaker, read_timeout=READ_TIMEOUT, write_timeout=READ_TIMEOUT, reactor=reactor)
         backend = SingleRedis(("127.0.0.1", self.server.port), password=self.client_password, pool_size=2,
-                              guard=guard)
+                              guard=guard, reactor=reactor)
         self.addCleanup(backend.stop)
         yield backend.start()
         self.server.kill()
@@ -407,7 +407,8 @@ class KeepaliveTests(_Case):
 
         got, reconnects = [], []
         sub = ResubscribingSubscriber(("127.0.0.1", self.server.port), b"inv", got.append,
-                                      lambda: reconnects.append(1), ping_interval=0.2, connect_timeout=0.5)
+                                      lambda: reconnects.append(1), ping_interval=0.2, connect_timeout=0.5,
+                                      reactor=reactor)
         sub.start()
         self.addCleanup(sub.stop)
         yield sub.when_subscribed()
@@ -435,7 +436,7 @@ class BuildBackendTests(TestCase):
 
         shared = SharedCacheConfig(type="redis", address=Address("127.0.0.1", 6390), read_timeout=0.3,
                                    write_timeout=0.7, max_retries=1, min_retry_backoff=0.002)
-        backend = build_backend(shared, "pw")
+        backend = build_backend(shared, "pw", reactor)
         self.assertIsInstance(backend, SingleRedis)
         self.assertEqual(backend.status().address, "127.0.0.1:6390")
         self.assertEqual(backend.status().status, "connecting")
@@ -450,7 +451,7 @@ class BuildBackendTests(TestCase):
         from dnsgo.redis.factory import build_backend
 
         shared = SharedCacheConfig(type="redis-cluster", cluster_addresses=(Address("127.0.0.1", 7000),))
-        self.assertIsInstance(build_backend(shared, ""), ClusterRedis)
+        self.assertIsInstance(build_backend(shared, "", reactor), ClusterRedis)
 
     def test_sentinel_from_config(self):
         """type 'redis-sentinel' builds the Sentinel backend."""
@@ -460,4 +461,4 @@ class BuildBackendTests(TestCase):
 
         shared = SharedCacheConfig(type="redis-sentinel",
                                    sentinel=SentinelConfig(addresses=(Address("127.0.0.1", 26379),)))
-        self.assertIsInstance(build_backend(shared, ""), SentinelRedis)
+        self.assertIsInstance(build_backend(shared, "", reactor), SentinelRedis)

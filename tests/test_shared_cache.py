@@ -648,16 +648,19 @@ class RealRedisTests(TestCase):
     @defer.inlineCallbacks
     def worker(self):
         """A worker: its own backend connection, local cache, store and resolver."""
+        from twisted.internet import reactor
+
         from dnsgo.config import Address, SharedCacheConfig
         from dnsgo.redis.factory import build_backend
 
         config = SharedCacheConfig(enabled=True, address=Address("127.0.0.1", self.redis.port), read_timeout=2.0, write_timeout=2.0)
-        backend = build_backend(config, "")
+        backend = build_backend(config, "", reactor)
         yield backend.start()
         self.addCleanup(backend.stop)
-        local = RRsetCache()
-        store = SharedRRsetStore(backend, key_prefix=config.key_prefix, ttl_multiplier=config.ttl_multiplier)
-        return HybridRRsetResolver(local, store), fill_hybrid(local, store), store
+        local = RRsetCache(reactor=reactor)
+        store = SharedRRsetStore(backend, key_prefix=config.key_prefix, ttl_multiplier=config.ttl_multiplier,
+                                 reactor=reactor)
+        return HybridRRsetResolver(local, store, reactor=reactor), fill_hybrid(local, store), store
 
     @defer.inlineCallbacks
     def test_shared_between_workers(self):

@@ -549,8 +549,8 @@ class RealSocketTests(TestCase):
 
     def make_pool(self, servers, **kwargs):
         """A pool and infra cache over the given fake upstreams, in that order."""
-        infra = InfraCache([s.address for s in servers])
-        return UpstreamPool(infra, **kwargs), infra
+        infra = InfraCache([s.address for s in servers], reactor)
+        return UpstreamPool(infra, reactor=reactor, **kwargs), infra
 
     @defer.inlineCallbacks
     def test_plain_answer(self):
@@ -723,8 +723,8 @@ class RealSocketTests(TestCase):
         address = closed.address
         yield closed.port.stopListening()
         good = self.udp_upstream(answering())
-        infra = InfraCache([address, good.address])
-        pool = UpstreamPool(infra, timeout=30.0, retries=1)
+        infra = InfraCache([address, good.address], reactor)
+        pool = UpstreamPool(infra, timeout=30.0, retries=1, reactor=reactor)
         reply = yield pool.query(QNAME, dns.A)
         self.assertEqual(reply.server, good.address)
         self.assertEqual((pool.stats.refused, pool.stats.timeouts), (1, 0))

@@ -95,9 +95,7 @@ class ManagementAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, view: ClusterView, token: str = "", reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, view: ClusterView, token: str = "", *, reactor) -> None:
         self._reactor = reactor
         self._view = view
         self._token = token.encode("utf-8")

@@ -15,7 +15,7 @@ The shared cache holds RRsets only, so ``target: shared`` with
 ``cacheType: message`` is refused.  Unknown fields are refused too: a typo
 must not silently widen a flush, and so are repeated keys (``{"name": "x",
 "name": null}`` would otherwise be read as its last value).  ``type`` is
-parsed by :func:`dnsgo.invalidation.parse_qtype`, the parser the flush
+parsed by :func:`dnsgo.dns.types.parse_qtype`, the parser the flush
 itself uses, so a type this module accepts is one the caches accept.
 
 Values echoed in a reason are cut to about :data:`ECHO_LIMIT` characters
@@ -82,7 +82,7 @@ def clip_list(values, limit: int = ECHO_COUNT) -> str:
 def type_code(mnemonic: str) -> int:
     """
     The RR type number of ``mnemonic`` (``"AAAA"``, ``"https"``, ``"TYPE65"``,
-    ``"65"``) as :func:`dnsgo.invalidation.parse_qtype`, the one parser of
+    ``"65"``) as :func:`dnsgo.dns.types.parse_qtype`, the one parser of
     record types, reads it; RequestError if it is unknown or out of 1..65535.
     """
     try:

@@ -13,8 +13,9 @@ from dnsgo.invalidation.flush import Flush, flush_shared
 class ControlClusterView:
     """ClusterView over a :class:`dnsgo.app.roles.ControlRoot`."""
 
-    def __init__(self, root, reactor=None) -> None:
+    def __init__(self, root, *, reactor) -> None:
         self._root = root
+        self._reactor = reactor
 
     def mode(self) -> str:
         return self._root.config.cache.mode
@@ -30,7 +31,8 @@ class ControlClusterView:
         return self._root.registry.workers()
 
     def shared_cache(self) -> defer.Deferred:
-        return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store)
+        return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store,
+                                   reactor=self._reactor)
 
     def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
         control = self._root.control

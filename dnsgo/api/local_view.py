@@ -62,9 +62,7 @@ class LocalWorker:
 class LocalClusterView:
     """The management API's view of a single serving process."""
 
-    def __init__(self, root, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, root, *, reactor) -> None:
         self._root = root
         self._reactor = reactor
 

@@ -2,7 +2,7 @@
 The Prometheus series of dnsgo, all in one module.
 
 Nothing is counted here: at scrape time the workers' stats snapshots (see
-``dnsgo.stats``) are turned into metric families.  The snapshots are copied
+``dnsgo.api.snapshot``) are turned into metric families.  The snapshots are copied
 in the reactor thread (:meth:`ClusterMetrics.render`); the text is rendered
 from that copy in the reactor's thread pool, so a scrape never blocks DNS
 service and never reads a dict another thread is changing.
@@ -262,9 +262,7 @@ class ClusterMetrics:
 
     log = Logger()
 
-    def __init__(self, view, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, view, *, reactor) -> None:
         self._view = view
         self._reactor = reactor
         self.collector = SnapshotCollector()

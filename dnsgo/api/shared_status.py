@@ -10,8 +10,11 @@ from twisted.internet import defer
 from dnsgo.cache.stats import hit_rate
 
 
-def shared_cache_status(config, backend, store=None, reactor=None) -> defer.Deferred:
-    """Fires with {type, address, status, stats{hits, misses, hit_rate, size_bytes, keys}, lastSync}, or None."""
+def shared_cache_status(config, backend, store=None, *, reactor) -> defer.Deferred:
+    """
+    Fires with {type, address, status, stats{hits, misses, hit_rate, size_bytes, keys}, lastSync}, or None.
+    ``lastSync`` is the time of ``reactor``'s clock when Redis answered.
+    """
     if backend is None:
         return defer.succeed(None)
     status = backend.status()
@@ -28,7 +31,7 @@ def shared_cache_status(config, backend, store=None, reactor=None) -> defer.Defe
                 "hit_rate": hit_rate(hits, misses),
                 "size_bytes": int(info.get("used_memory", 0)),
             },
-            "lastSync": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "lastSync": datetime.fromtimestamp(reactor.seconds(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
     def without_info(_failure):

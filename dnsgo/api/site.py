@@ -175,17 +175,18 @@ class APISite(server.Site):
     """
     The Site serving a ManagementAPI: its resource, :class:`APIRequest`
     (token checked before the body, body capped at ``max_body`` bytes) and
-    :func:`redacted_log_formatter`.  Other keyword arguments (``logPath``,
-    ``timeout``, ``reactor``) are twisted.web.server.Site's.
+    :func:`redacted_log_formatter`, on ``reactor`` (required: twisted.web
+    would otherwise take the global one).  Other keyword arguments
+    (``logPath``, ``timeout``) are twisted.web.server.Site's.
     """
 
     requestFactory = APIRequest
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, api, *, max_body: int = MAX_BODY_BYTES, **kwargs) -> None:
+    def __init__(self, api, *, reactor, max_body: int = MAX_BODY_BYTES, **kwargs) -> None:
         kwargs.setdefault("logFormatter", redacted_log_formatter)
-        super().__init__(api.resource(), **kwargs)
+        super().__init__(api.resource(), reactor=reactor, **kwargs)
         self.api = api
         self.max_body = max_body
 

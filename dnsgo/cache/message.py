@@ -150,10 +150,8 @@ class MessageCache:
         prefetch_hits: int | None = None,
         prefetch_ttl_pct: int = 10,
         on_prefetch: Callable[[wire.QueryInfo], object] | None = None,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if num_shards < 1 or num_shards & (num_shards - 1):
             raise ValueError("num_shards must be a power of two, not %r" % (num_shards,))
         if not 0 <= min_ttl <= max_ttl:

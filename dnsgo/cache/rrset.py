@@ -150,10 +150,8 @@ class RRsetCache:
         min_ttl: int = 0,
         max_ttl: int = 86400,
         negative_ttl: int = 3600,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if num_shards < 1 or num_shards & (num_shards - 1):
             raise ValueError(f"num_shards must be a power of two, not {num_shards}")
         if max_size_mb <= 0:

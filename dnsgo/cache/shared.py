@@ -114,10 +114,8 @@ class SharedRRsetStore:
         max_ttl: int = 86400,
         negative_ttl: int = 3600,
         signer: Signer | None = None,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if ttl_multiplier < 1:
             raise ValueError(f"ttl_multiplier must be at least 1, not {ttl_multiplier}")
         if write_queue_size < 1 or max_in_flight < 1:

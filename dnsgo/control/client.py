@@ -143,10 +143,8 @@ class ControlClient(service.Service):
         on_shutdown: Callable[[], Any],
         heartbeat_interval_default: float = 5.0,
         command_timeout: float = COMMAND_TIMEOUT,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self.control_address = f"{control_host}:{control_port}"
         self.worker_id = worker_id
         self._hello = {

@@ -63,9 +63,7 @@ class WorkerRegistry:
 
     log = Logger(namespace="dnsgo.control")
 
-    def __init__(self, heartbeat_timeout: float, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, heartbeat_timeout: float, *, reactor) -> None:
         if heartbeat_timeout <= 0:
             raise ValueError(f"heartbeat_timeout must be positive; got {heartbeat_timeout!r}")
         self.heartbeat_timeout = heartbeat_timeout

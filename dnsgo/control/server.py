@@ -175,10 +175,8 @@ class ControlService(service.Service):
         port: int,
         heartbeat_interval: float | None = None,
         command_timeout: float = COMMAND_TIMEOUT,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self.registry = registry
         self.config_text_for = config_text_for
         self.host = host

@@ -241,15 +241,13 @@ class PubSubInvalidator(_Originator, service.Service):
         batch_delay: float,
         origin_id: str,
         shared_store=None,
-        reactor=None,
         *,
+        reactor,
         retry_delay: float = 1.0,
         max_pending: int = 10000,
         resync_caches: Iterable[str] = CACHE_KINDS,
         signer: Signer | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         if batch_delay < 0:
@@ -415,7 +413,7 @@ class PubSubInvalidator(_Originator, service.Service):
 
 
 def build_invalidator(config, caches, *, origin_id: str | None = None, backend=None, shared_store=None,
-                      send: Callable[[Flush], defer.Deferred] | None = None, reactor=None,
+                      send: Callable[[Flush], defer.Deferred] | None = None, reactor,
                       signer: Signer | None = None):
     """
     The invalidator ``config`` (a :class:`~dnsgo.config.InvalidationConfig`)

@@ -22,10 +22,8 @@ class CircuitBreaker:
         failure_threshold: int = 3,
         reset_timeout: float = 1.0,
         max_reset_timeout: float = 30.0,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._threshold = failure_threshold
         self._reset = reset_timeout

@@ -170,7 +170,7 @@ class NodeClient:
         pool_size: int = 10,
         readonly: bool = False,
         connect_timeout: float = 2.0,
-        reactor=None,
+        reactor,
     ) -> None:
         self.address = address
         self.readonly = readonly
@@ -245,15 +245,13 @@ class ClusterRedis:
         pool_size: int = 10,
         read_preference: str = "master",
         guard: Guard,
-        reactor=None,
+        reactor,
         refresh_interval: float = 30.0,
         min_refresh_interval: float = 0.5,
         refresh_timeout: float = 2.0,
         down_refresh_interval: float = 1.0,
         node_factory: Callable[[Address], object] | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if read_preference not in READ_PREFERENCES:
             raise ValueError(f"read_preference must be one of {READ_PREFERENCES}, not {read_preference!r}")
         if not startup_nodes:

@@ -9,7 +9,7 @@ from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 
 
-def build_guard(shared: SharedCacheConfig, reactor=None) -> Guard:
+def build_guard(shared: SharedCacheConfig, reactor) -> Guard:
     """The guard (deadlines, retries with back-off, a fresh circuit breaker) from ``shared``."""
     breaker = CircuitBreaker(reactor=reactor)
     return Guard(
@@ -23,7 +23,7 @@ def build_guard(shared: SharedCacheConfig, reactor=None) -> Guard:
     )
 
 
-def build_backend(shared: SharedCacheConfig, password: str, reactor=None):
+def build_backend(shared: SharedCacheConfig, password: str, reactor):
     """
     The :class:`~dnsgo.redis.backend.RedisBackend` for ``shared.type``
     ('redis', 'redis-sentinel' or 'redis-cluster'), not yet started.

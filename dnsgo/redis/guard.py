@@ -27,10 +27,8 @@ class Guard:
         max_retries: int = 3,
         min_backoff: float = 0.008,
         max_backoff: float = 0.512,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self.breaker = breaker
         self._read_timeout = read_timeout

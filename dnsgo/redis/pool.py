@@ -60,7 +60,7 @@ def open_connection(
     database: int = 0,
     timeout: float = 2.0,
     protocol: txredisapi.BaseRedisProtocol | None = None,
-    reactor=None,
+    reactor,
 ):
     """
     Connect to ``address``, AUTH (when ``password``), SELECT (when
@@ -70,8 +70,6 @@ def open_connection(
     saying WRONGPASS) and leaves no connection behind.  Cancelling it aborts
     the attempt.
     """
-    if reactor is None:
-        from twisted.internet import reactor
     host, port = address
     conn = protocol if protocol is not None else new_protocol()
     endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
@@ -147,10 +145,8 @@ class RedisPool:
         initial_delay: float = 0.1,
         max_delay: float = 2.0,
         on_usable: "Callable[[], None] | None" = None,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._on_usable = on_usable
         self._address = address if callable(address) else (lambda: address)

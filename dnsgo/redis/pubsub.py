@@ -68,10 +68,8 @@ class ResubscribingSubscriber:
         connect_timeout: float = 2.0,
         ping_interval: float = 5.0,
         quiet: Callable[[], bool] | None = None,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._address = address if callable(address) else (lambda: address)
         self.channel = channel

@@ -123,9 +123,7 @@ class TxRedisConnector:
     """
 
     def __init__(self, *, password: str = "", database: int = 0, pool_size: int = 10,
-                 sentinel_password: str = "", timeout: float = 1.0, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+                 sentinel_password: str = "", timeout: float = 1.0, reactor) -> None:
         self._reactor = reactor
         self._password = password
         self._database = database
@@ -220,7 +218,7 @@ class SentinelRedis:
         pool_size: int = 10,
         read_preference: str = "master",
         guard: Guard,
-        reactor=None,
+        reactor,
         sentinel_password: str = "",
         connect_timeout: float = 1.0,
         refresh_interval: float = 10.0,
@@ -228,8 +226,6 @@ class SentinelRedis:
         recheck_after: int = 3,
         connector=None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         if read_preference not in READ_PREFERENCES:
             raise ValueError(f"read_preference must be one of {', '.join(READ_PREFERENCES)}")
         if not sentinels:

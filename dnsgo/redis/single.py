@@ -39,10 +39,8 @@ class SingleRedis:
         pool_size: int = 10,
         guard: Guard,
         connect_timeout: float = 2.0,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         host, port = (address.host, address.port) if hasattr(address, "host") else address
         self._address = (host, port)

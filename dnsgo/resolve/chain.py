@@ -5,7 +5,7 @@ miss path asks in turn (the L2 cache, then the forwarder).
 Two departures from stock Twisted Names, both deliberate:
 
 * :class:`Chain` hands every resolver the caller's own query object (a
-  :class:`~dnsgo.query.FlaggedQuery` carrying DO and CD), where
+  :class:`~dnsgo.resolve.query.FlaggedQuery` carrying DO and CD), where
   ``ResolverChain`` rebuilds a bare ``dns.Query``.
 * A final answer that is not NOERROR (NXDOMAIN, REFUSED, SERVFAIL from
   upstream, ...) is reported as :class:`FinalAnswer`, an

@@ -2,7 +2,7 @@
 The L2 resolver of mode ``hybrid``: the worker's local RRset cache as a
 near cache in front of the shared L2 in Redis.
 
-:class:`HybridRRsetResolver` goes first in the :class:`dnsgo.resolve.Chain`,
+:class:`HybridRRsetResolver` goes first in the :class:`dnsgo.resolve.chain.Chain`,
 where :class:`~dnsgo.resolve.l2.RRsetResolver` goes in the other
 modes.  For each name on the way to an answer (the question, then each
 CNAME target) it asks the local cache first and Redis only when the local
@@ -60,9 +60,7 @@ class HybridRRsetResolver(common.ResolverBase):
 
     log = Logger()
 
-    def __init__(self, local: RRsetCache, shared: SharedRRsetStore, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, local: RRsetCache, shared: SharedRRsetStore, *, reactor) -> None:
         common.ResolverBase.__init__(self)
         self._local = local
         self._shared = shared

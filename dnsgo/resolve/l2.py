@@ -4,7 +4,7 @@ from upstream replies.
 
 :class:`RRsetResolver` answers what the :class:`~dnsgo.cache.rrset.RRsetCache`
 can answer completely and reports everything else as a miss
-(``DomainError``), which :class:`dnsgo.resolve.Chain` passes on to the
+(``DomainError``), which :class:`dnsgo.resolve.chain.Chain` passes on to the
 forwarder.  It never ends the chain with an error of its own: any exception
 inside the cache is a miss too (ARCHITECTURE.md: a non-``DomainError``
 failure would end a ``ResolverChain`` in SERVFAIL).
@@ -261,7 +261,7 @@ def cacheable(query, message: dns.Message) -> bool:
     validate it, so it must not be served to clients that did not set CD),
     nor the reply to a name with a ``.`` inside a label.  (A reply holding
     such a name anywhere never reaches the fillers: see
-    :class:`dnsgo.resolve.ForwardingResolver`.)
+    :class:`dnsgo.resolve.forwarding.ForwardingResolver`.)
     """
     return not message.trunc and not getattr(query, "checking_disabled", False) and not getattr(query, "dotted", False)
 

@@ -4,7 +4,7 @@ The question a resolver in the chain is asked, with the flags that matter.
 Twisted's ``IResolver.query`` takes a ``dns.Query``, which carries no flags.
 A forwarder must still know the client's DO and CD bits (they are part of
 the cache key, RFC 7873 / RFC 4035), so :class:`FlaggedQuery` extends
-``dns.Query`` with them, and :class:`dnsgo.resolve.Chain` passes the very same
+``dns.Query`` with them, and :class:`dnsgo.resolve.chain.Chain` passes the very same
 object down the chain instead of rebuilding a plain one.
 """
 from twisted.names import dns

@@ -66,10 +66,8 @@ class QueryHandler:
         negative_ttl: int = 3600,
         max_ttl: int = 86400,
         query_log: bool = False,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._resolver = resolver
         self._filter = client_filter

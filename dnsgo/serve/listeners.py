@@ -274,10 +274,8 @@ class DNSStreamFactory(protocol.ServerFactory):
         max_connections: int = 1000,
         max_in_flight: int = TCP_MAX_IN_FLIGHT,
         output_limit: int = TCP_OUTPUT_LIMIT,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self.reactor = reactor
         self.handler = handler
         self.idle_timeout = idle_timeout
@@ -354,10 +352,8 @@ class DNSService(service.Service):
         tcp_idle_timeout: float = 10.0,
         tcp_max_connections: int = 1000,
         descriptor_limit=fdlimit.PROCESS_LIMIT,
-        reactor=None,
+        reactor,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
         self._reactor = reactor
         self._handler = handler
         self._host = host

@@ -13,9 +13,7 @@ class FailureCache:
     for ``ttl`` seconds (RFC 9520: at least 1 s, at most 5 minutes).
     """
 
-    def __init__(self, ttl: float = 5.0, *, max_entries: int = 10000, reactor=None) -> None:
-        if reactor is None:
-            from twisted.internet import reactor
+    def __init__(self, ttl: float = 5.0, *, max_entries: int = 10000, reactor) -> None:
         if not 1 <= ttl <= 300:
             raise ValueError("failure TTL must be between 1 and 300 seconds (RFC 9520)")
         self._reactor = reactor

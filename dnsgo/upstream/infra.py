@@ -111,7 +111,7 @@ class InfraCache:
     def __init__(
         self,
         servers: Sequence[Server],
-        reactor=None,
+        reactor,
         *,
         down_after: int = 3,
         probe_backoff_min: float = 1.0,
@@ -119,8 +119,6 @@ class InfraCache:
         degraded_below: float = 0.7,
         failure_rtt: float = 1.0,
     ):
-        if reactor is None:
-            from twisted.internet import reactor
         if not servers:
             raise ValueError("InfraCache needs at least one upstream server")
         if down_after < 1:

@@ -204,10 +204,8 @@ class UpstreamPool:
         strategy: str = "best",
         parallel_count: int = 2,
         udp_size: int = wire.DEFAULT_UDP_SIZE,
-        reactor=None,
+        reactor,
     ):
-        if reactor is None:
-            from twisted.internet import reactor
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
         if timeout <= 0:

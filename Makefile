@@ -41,7 +41,7 @@ run: venv
 
 test: venv debs
 	$(VENV)/bin/lint-imports --no-cache
-	$(PY) tests/summarize.py $(VENV)/bin/trial -j2 tests
+	$(PY) tests/support/summarize.py $(VENV)/bin/trial -j2 tests
 
 check: venv
 	$(VENV)/bin/twistd dnsgo --check-config --config $(CONFIG)

@@ -333,6 +333,11 @@ class SentinelRedis:
         """``host:port`` of the replica reads go to now, if any."""
         return address_text(self._replica) if self._replica else None
 
+    @property
+    def replica_connected(self) -> bool:
+        """Whether the replica's pool has a connection now (reads go there only then)."""
+        return self._replica_pool is not None and self._replica_pool.connected
+
     # -- RedisBackend: operations -------------------------------------------
 
     def get(self, key: bytes) -> defer.Deferred:

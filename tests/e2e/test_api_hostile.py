@@ -27,8 +27,8 @@ from dnsgo.api.site import MAX_BODY_BYTES, APISite, redacted_log_formatter
 from dnsgo.config import parse_config
 from dnsgo.dns.types import parse_qtype
 from dnsgo.app.roles import api_service
-from tests.api_fakes import SEED_SHARED, FakeCluster, FakeWorker, call, serve, snapshot
-from tests.hostile_http import LAST_CHUNK, bearer, chunk, exchange, request_head
+from tests.support.api_fakes import SEED_SHARED, FakeCluster, FakeWorker, call, serve, snapshot
+from tests.support.hostile_http import LAST_CHUNK, bearer, chunk, exchange, request_head
 
 TOKEN = "s3cret-token"
 CLEAR = b"/api/cache/distributed"

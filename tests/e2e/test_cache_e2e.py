@@ -1,6 +1,6 @@
 """
 The caches end to end: real sockets on 127.0.0.1, the dnspython authority
-of tests.authority upstream, dnspython as the client.  The authority counts
+of tests.support.authority upstream, dnspython as the client.  The authority counts
 what reaches it, which tells a cache hit from a miss.
 """
 import dns.edns
@@ -11,8 +11,8 @@ import dns.rdatatype
 from twisted.internet import defer, task, reactor
 from twisted.trial import unittest
 
-from tests.authority import AuthorityServer
-from tests.harness import ask, port, raw_udp, start_dnsgo
+from tests.support.authority import AuthorityServer
+from tests.support.harness import ask, port, raw_udp, start_dnsgo
 
 
 def sleep(seconds):

@@ -13,7 +13,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import Rank
 from dnsgo.cache.shared_format import Entry, Kind, KeyInfo
-from tests.fake_redis import glob_to_regex
+from tests.support.fake_redis import glob_to_regex
 
 P = b"dns:"
 

@@ -1,6 +1,6 @@
 """
 Cache poisoning, end to end: a real dnsgo on 127.0.0.1 forwarding to the
-hostile upstream of tests/hostile_upstream.py, asked over UDP and TCP with
+hostile upstream of tests/support/hostile_upstream.py, asked over UDP and TCP with
 dnspython and dig; two workers sharing a real redis-server, the second one
 forwarding to an honest upstream; and values forged in Redis by hand.
 """
@@ -15,17 +15,17 @@ from twisted.trial import unittest
 
 from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import Rank
-from tests import redis_procs
-from tests.authority import AuthorityServer
-from tests.harness import DIG, ask, dig, port, start_dnsgo
-from tests.hostile_upstream import (
+from tests.support import redis_procs
+from tests.support.authority import AuthorityServer
+from tests.support.harness import DIG, ask, dig, port, start_dnsgo
+from tests.support.hostile_upstream import (
     HostileAuthority,
     address_with_ttl,
     cname_to_foreign_nxdomain,
     cname_with_foreign_data,
     dname_with_foreign_data,
 )
-from tests.redis_procs import RedisServer, cli_set_bytes
+from tests.support.redis_procs import RedisServer, cli_set_bytes
 
 #: The two names of the label-with-a-dot attack: one label "www.bank", and two labels.
 DOTTED = "www\\.bank.example.test."

@@ -5,7 +5,6 @@ L{dnsgo.resolve.l2} (its resolver and the glue that fills it).
 import gc
 import tracemalloc
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.names import dns, error
 from twisted.trial.unittest import SynchronousTestCase
@@ -15,34 +14,7 @@ from dnsgo.resolve.l2 import MAX_CNAME_HOPS, RRsetResolver, fill_from_reply
 from dnsgo.cache.stats import CacheStats
 from dnsgo.resolve.query import FlaggedQuery
 from dnsgo.resolve.chain import Chain, FinalAnswer
-
-ZONE = b"example.com"
-
-
-def a(name, address, ttl=300):
-    """An A record."""
-    return dns.RRHeader(name, dns.A, dns.IN, ttl, dns.Record_A(address))
-
-
-def aaaa(name, address, ttl=300):
-    """An AAAA record."""
-    return dns.RRHeader(name, dns.AAAA, dns.IN, ttl, dns.Record_AAAA(address))
-
-
-def cname(name, target, ttl=300):
-    """A CNAME record."""
-    return dns.RRHeader(name, dns.CNAME, dns.IN, ttl, dns.Record_CNAME(target))
-
-
-def ns(name, target, ttl=300):
-    """An NS record."""
-    return dns.RRHeader(name, dns.NS, dns.IN, ttl, dns.Record_NS(target))
-
-
-def soa(zone=ZONE, ttl=3600, minimum=900):
-    """An SOA record of C{zone}."""
-    payload = dns.Record_SOA(b"ns1." + zone, b"hostmaster." + zone, serial=1, minimum=minimum)
-    return dns.RRHeader(zone, dns.SOA, dns.IN, ttl, payload)
+from tests.support.records import ZONE, FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
 
 
 def make(**kwargs):
@@ -54,16 +26,6 @@ def make(**kwargs):
 def store(cache, qname, qtype=dns.A, rcode=dns.OK, answers=(), authority=(), additional=()):
     """Store an upstream reply to C{qname}/C{qtype}."""
     cache.store_reply(dns.Query(qname, qtype), rcode, list(answers), list(authority), list(additional))
-
-
-def addresses(records):
-    """The dotted addresses of A records."""
-    return [rr.payload.dottedQuad() for rr in records]
-
-
-def ttls(records):
-    """The TTLs of records."""
-    return [rr.ttl for rr in records]
 
 
 class PositiveTests(SynchronousTestCase):
@@ -517,18 +479,6 @@ class StatsTests(SynchronousTestCase):
         self.assertEqual((stats.max_size_bytes, stats.num_shards), (2 * 2**20, 8))
 
 
-class FakeResolver:
-    """The next resolver of a chain: records the queries that reach it."""
-
-    def __init__(self):
-        self.queries = []
-
-    def query(self, query, timeout=None):
-        """Answer everything with one A record."""
-        self.queries.append(query)
-        return defer.succeed(([a(query.name.name, "198.51.100.1")], [], []))
-
-
 class BrokenCache(RRsetCache):
     """A cache whose every read raises."""
 
@@ -735,13 +685,6 @@ class ChainTests(SynchronousTestCase):
         chain.query(FlaggedQuery.from_name(b"www.example.com")).addBoth(results.append)
         self.assertEqual(addresses(results[0][0]), ["198.51.100.1"])
         self.flushLoggedErrors(ZeroDivisionError)
-
-
-def reply_message(answers=(), authority=(), additional=(), rcode=dns.OK, trunc=False):
-    """An upstream reply message as the forwarder hands it over."""
-    message = dns.Message(id=1, answer=1, rCode=rcode, trunc=trunc)
-    message.answers, message.authority, message.additional = list(answers), list(authority), list(additional)
-    return message
 
 
 class FillTests(SynchronousTestCase):

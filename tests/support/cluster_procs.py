@@ -7,27 +7,47 @@ client for the management API.
 Every process a test starts is killed (SIGKILL, or SIGTERM first for a
 supervisor so that it stops its own workers) and waited for when the test
 ends, with every process it started in turn: each carries a mark in its
-environment (tests.harness.marked_environ) that its children inherit.
+environment (tests.support.harness.marked_environ) that its children inherit.
 """
 import json
 import os
 import re
 import signal
+import socket
+import sys
 import urllib.error
 import urllib.request
 
 from twisted.internet import defer, error, protocol, reactor, task, threads
 from twisted.logger import Logger
 
-from tests.harness import kill_marked, marked_environ
-from tests.test_tap import TWISTD, free_port
+from tests.support.harness import kill_marked, marked_environ
 
 #: The bearer token of the control planes the tests start.
 TOKEN = "e2e-token-6b1f"
 
-_log = Logger(namespace="tests.cluster_procs")
 
-#: The name every test asks for (in tests.authority's zone).
+#: The twistd of the venv the tests run in.
+TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+def free_port() -> int:
+    """A port that is free for both UDP and TCP on 127.0.0.1 right now."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            p = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", p))
+                except OSError:
+                    continue
+            return p
+    raise RuntimeError("no free port")
+
+_log = Logger(namespace="tests.support.cluster_procs")
+
+#: The name every test asks for (in tests.support.authority's zone).
 WWW = ("www.example.test.", "A")
 
 
@@ -44,7 +64,7 @@ class TwistdProcess(protocol.ProcessProtocol):
 
     def __init__(self, name: str, mark: str | None = None) -> None:
         self.name = name
-        #: The mark (tests.harness.MARK) in its environment and its children's.
+        #: The mark (tests.support.harness.MARK) in its environment and its children's.
         self.mark = mark
         self.out = b""
         self.ended = defer.Deferred()

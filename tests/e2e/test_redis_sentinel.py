@@ -5,7 +5,7 @@ The first group drives L{SentinelRedis} with a Clock and a fake connector
 (scripted sentinels, servers, pools and subscriptions) to check discovery,
 the ROLE-bug workaround, ``+switch-master``, rechecks and read preferences
 exactly.  The second runs real redis-server and redis-sentinel processes
-(tests/redis_procs.py), including a ``kill -9`` failover.
+(tests/support/redis_procs.py), including a ``kill -9`` failover.
 """
 import time
 
@@ -18,7 +18,7 @@ from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.sentinel import SentinelRedis, SwitchMaster, role_name, usable_replicas
-from tests.redis_procs import SKIP, RedisServer, SentinelSet, cli
+from tests.support.redis_procs import SKIP, RedisServer, SentinelSet, cli
 
 NAME = "dns-cache"
 S1, S2, S3 = ("10.0.0.1", 26379), ("10.0.0.2", 26379), ("10.0.0.3", 26379)
@@ -565,6 +565,10 @@ class RealSentinelTests(TestCase):
         b = yield self.backend(read_preference="replica")
         self.assertEqual(b.replica, self.set.replica.address)
         yield b.set(b"r:1", b"replicated", 60)
+        for _ in range(150):
+            if b.replica_connected:
+                break
+            yield sleep(0.02)
         for _ in range(150):
             if cli(self.set.replica.port, "GET", "r:1", password=PASSWORD) == "replicated":
                 break

@@ -14,7 +14,7 @@ from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.single import SingleRedis, parse_info
-from tests.redis_procs import SKIP, RedisServer, cli, free_port
+from tests.support.redis_procs import SKIP, RedisServer, cli, free_port
 
 READ_TIMEOUT = 0.5
 

@@ -2,7 +2,7 @@
 The control plane, its workers and the management API as real processes:
 ``twistd dnsgo control`` and ``twistd dnsgo worker`` children (and the
 standalone supervisor, ``twistd dnsgo`` with ``num_workers: 2``) forwarding
-to tests.authority, asked over DNS with dnspython and over HTTP with urllib.
+to tests.support.authority, asked over DNS with dnspython and over HTTP with urllib.
 
 Liveness runs on a 2 s heartbeat timeout, so workers report every 2/3 s.
 """
@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from tests.authority import AuthorityServer
-from tests.cluster_procs import (
+from tests.support.authority import AuthorityServer
+from tests.support.cluster_procs import (
     TOKEN,
     WWW,
     ApiClient,
@@ -29,8 +29,8 @@ from tests.cluster_procs import (
     wait_until,
     write_file,
 )
-from tests.harness import ask
-from tests.test_tap import free_port
+from tests.support.harness import ask
+from tests.support.cluster_procs import free_port
 
 #: The seed's key order of GET /api/cache/distributed and its parts.
 SEED_KEYS = ["mode", "workers", "sharedCache", "aggregated", "architecture"]

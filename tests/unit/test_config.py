@@ -37,7 +37,7 @@ from dnsgo.config import (
 )
 from dnsgo.config.durations import format_duration, parse_duration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 EXAMPLES = ROOT / "etc"
 REFERENCE = ROOT / "docs" / "configuration.md"
 SITES = {"SITE_A_IP": "192.0.2.1", "SITE_B_IP": "192.0.2.2"}

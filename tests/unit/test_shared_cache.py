@@ -23,9 +23,9 @@ from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.resolve.chain import Chain, FinalAnswer
 from dnsgo.cache.signing import Signer
-from tests import redis_procs
-from tests.fake_redis import FakeRedis, FakeRedisServer
-from tests.test_rrset_cache import FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
+from tests.support import redis_procs
+from tests.support.fake_redis import FakeRedis, FakeRedisServer
+from tests.support.records import FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
 
 #: A start time like a wall clock's, so stored-at times look real.
 EPOCH = 1_700_000_000.0

@@ -1,6 +1,6 @@
 """
 A hostile upstream for the tests: the dnspython authority of
-tests/authority.py, plus wildcards and scripted replies that try to poison
+tests/support/authority.py, plus wildcards and scripted replies that try to poison
 a cache (data for names other than the question, foreign SOAs, DNAMEs,
 TTLs of 2**31 and above).
 
@@ -13,7 +13,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from tests.authority import Authority, make_zone
+from tests.support.authority import Authority, make_zone
 
 #: Zone lines for the label-with-a-dot attacks (relative to example.test.).
 DOTTED_LINES = """

@@ -42,8 +42,8 @@ from dnsgo.dns.types import parse_cache_kinds, parse_qtype, qtype_text
 from dnsgo.serve.reply import encode_reply
 from dnsgo.cache.signing import Signer
 from dnsgo.app.assemble import Caches
-from tests.fake_pubsub import FakeBroker, FakePubSubBackend
-from tests.redis_procs import SKIP, RedisServer, cli
+from tests.support.fake_pubsub import FakeBroker, FakePubSubBackend
+from tests.support.redis_procs import SKIP, RedisServer, cli
 
 CHANNEL = b"dns:invalidate"
 
@@ -288,7 +288,7 @@ class ApplyLocallyTests(SynchronousTestCase):
         self.assertEqual(apply_locally(Flush.everything(), caches), 1)
 
 
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "docs", "invalidation.md")
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir, "docs", "invalidation.md")
 
 
 def doc_example() -> bytes:

@@ -33,9 +33,9 @@ from dnsgo.app.workers import (
     check_can_listen,
     worker_args,
 )
-from tests.authority import AuthorityServer
-from tests.harness import ask, kill_marked, marked_environ
-from tests.test_tap import TWISTD, free_port
+from tests.support.authority import AuthorityServer
+from tests.support.harness import ask, kill_marked, marked_environ
+from tests.support.cluster_procs import TWISTD, free_port
 
 
 def make_config(port: int, workers: int, extra: str = ""):

@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from dnsgo.upstream.infra import DEGRADED, HEALTHY, InfraCache
 from dnsgo.upstream.pool import UpstreamPool, UpstreamReply, UpstreamTimeout, out_of_descriptors
-from tests.upstream_fakes import (
+from tests.support.upstream_fakes import (
     ANSWER_ADDRESS,
     FakeUDPReactor,
     TCPUpstream,

@@ -25,7 +25,7 @@ from dnsgo.redis.cluster import (
 )
 from dnsgo.redis.crc16 import SLOTS, crc16, hash_tag, key_slot
 from dnsgo.redis.guard import Guard
-from tests.redis_procs import SKIP, RedisCluster, cli, free_port
+from tests.support.redis_procs import SKIP, RedisCluster, cli, free_port
 
 # -- key slots -------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 """
 End-to-end tests of the forwarding server over real UDP and TCP sockets on
-127.0.0.1, against the dnspython authority of tests.authority, with
+127.0.0.1, against the dnspython authority of tests.support.authority, with
 dnspython and dig as independent clients.
 """
 import struct
@@ -18,9 +18,9 @@ from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from dnsgo.serve.listeners import TCP_MAX_IN_FLIGHT, TCP_OUTPUT_LIMIT, DNSStreamFactory, queued_output
-from tests.authority import Authority, AuthorityServer, big_txt_lines, make_zone
-from tests.harness import DIG, ask, dig, port, raw_tcp, raw_udp, start_dnsgo
-from tests.hostile_clients import framed, open_non_reading_clients, with_id
+from tests.support.authority import Authority, AuthorityServer, big_txt_lines, make_zone
+from tests.support.harness import DIG, ask, dig, port, raw_tcp, raw_udp, start_dnsgo
+from tests.support.hostile_clients import framed, open_non_reading_clients, with_id
 
 
 class ForwardingTests(unittest.TestCase):

@@ -10,7 +10,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from dnsgo.api.metrics import ClusterMetrics, SnapshotCollector, capture, cumulative_buckets
-from tests.api_fakes import SEED_SHARED, SEED_TIME, FakeCluster, FakeWorker, snapshot
+from tests.support.api_fakes import SEED_SHARED, SEED_TIME, FakeCluster, FakeWorker, snapshot
 
 
 def samples(text: bytes) -> dict:

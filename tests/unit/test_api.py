@@ -18,7 +18,7 @@ from dnsgo.api.auth import Unauthorized, check_bearer, is_loopback
 from dnsgo.api.clear import ClearRequest, RequestError, clear_response_body, parse_clear_request, type_code
 from dnsgo.api.openapi import openapi_document
 from dnsgo.invalidation.flush import Flush
-from tests.api_fakes import (
+from tests.support.api_fakes import (
     SEED_ARCHITECTURE, SEED_SHARED, SEED_TIME, FakeCluster, FakeWorker, call, serve, snapshot,
 )
 

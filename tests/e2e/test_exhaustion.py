@@ -1,7 +1,7 @@
 """
 Resource exhaustion by hostile clients, against real ``twistd dnsgo``
 processes on 127.0.0.1 forwarding to the dnspython authority of
-tests.authority:
+tests.support.authority:
 
 * TCP clients that pipeline thousands of queries for a 3.7 KB answer and
   never read: the server's memory stays bounded, UDP is still answered, and
@@ -27,9 +27,9 @@ from twisted.trial import unittest
 
 from dnsgo.serve import fdlimit
 from dnsgo.serve.listeners import DNSService
-from tests.authority import Authority, AuthorityServer, big_txt_lines, make_zone
-from tests.harness import ask
-from tests.hostile_clients import open_idle_connections, open_non_reading_clients, udp_burst
+from tests.support.authority import Authority, AuthorityServer, big_txt_lines, make_zone
+from tests.support.harness import ask
+from tests.support.hostile_clients import open_idle_connections, open_non_reading_clients, udp_burst
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

@@ -1,7 +1,7 @@
 """
 Hybrid mode end to end: real dnsgo servers (two "workers" in this
 process), real ``redis-server`` processes (single, Sentinel, Cluster) from
-tests/redis_procs.py, the dnspython authority of tests/authority.py
+tests/support/redis_procs.py, the dnspython authority of tests/support/authority.py
 upstream, and real DNS over UDP on 127.0.0.1.  The authority counts what
 reaches it, which tells an answer from Redis from one fetched upstream.
 
@@ -25,10 +25,10 @@ from dnsgo.invalidation.flush import Flush, apply_locally
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.sentinel import SentinelRedis
-from tests import redis_procs
-from tests.authority import Authority, AuthorityServer, make_zone
-from tests.harness import ask, port, start_dnsgo
-from tests.redis_procs import RedisCluster, RedisServer, SentinelSet, cli
+from tests.support import redis_procs
+from tests.support.authority import Authority, AuthorityServer, make_zone
+from tests.support.harness import ask, port, start_dnsgo
+from tests.support.redis_procs import RedisCluster, RedisServer, SentinelSet, cli
 
 #: How many extra names the test zone has: n0000.example.test. and on.
 LOAD_NAMES = 1500

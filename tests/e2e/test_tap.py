@@ -4,7 +4,6 @@ The ``twistd dnsgo`` command line, run as real twistd processes.
 import os
 import signal
 import socket
-import sys
 import tempfile
 
 import dns.message
@@ -12,11 +11,11 @@ import dns.rcode
 from twisted.internet import defer, error, protocol, reactor
 from twisted.trial import unittest
 
-from tests.authority import AuthorityServer
-from tests.harness import ask
+from tests.support.authority import AuthorityServer
+from tests.support.harness import ask
+from tests.support.cluster_procs import TWISTD, free_port
 
-TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
-ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "etc")
+ETC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "etc")
 
 
 class _Collect(protocol.ProcessProtocol):
@@ -49,21 +48,6 @@ def run_twistd(args, marker=None, env=None):
         proto, TWISTD, [TWISTD, *args], env=env if env is not None else dict(os.environ), path=tempfile.gettempdir()
     )
     return proto, transport
-
-
-def free_port() -> int:
-    """A port that is free for both UDP and TCP on 127.0.0.1 right now."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            p = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", p))
-                except OSError:
-                    continue
-            return p
-    raise RuntimeError("no free port")
 
 
 class CheckConfigTests(unittest.TestCase):

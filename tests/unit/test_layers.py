@@ -9,7 +9,7 @@ import sys
 
 from twisted.trial import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LINT_IMPORTS = os.path.join(os.path.dirname(sys.executable), "lint-imports")
 
 

@@ -22,7 +22,7 @@ import venv
 
 from twisted.trial import unittest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: What is not copied from the work tree before building: version control,
 #: virtual environments, trial's folders, and build outputs and caches (a

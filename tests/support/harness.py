@@ -112,8 +112,8 @@ def dig(port_, *args: str):
 
 @defer.inlineCallbacks
 def start_authority(testcase, authority=None):
-    """Start a tests.authority server and stop it when the test ends."""
-    from tests.authority import AuthorityServer
+    """Start a tests.support.authority server and stop it when the test ends."""
+    from tests.support.authority import AuthorityServer
 
     server = AuthorityServer(authority).start()
     testcase.addCleanup(server.stop)

@@ -25,7 +25,7 @@ from twisted.internet import defer, reactor, threads  # noqa: E402
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.cluster import ClusterRedis
 from dnsgo.redis.guard import Guard
-from tests.redis_procs import RedisCluster  # noqa: E402
+from tests.support.redis_procs import RedisCluster  # noqa: E402
 
 
 def percentile(samples: list[float], p: float) -> float:

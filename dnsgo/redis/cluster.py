@@ -65,7 +65,6 @@ dependency.  No Twisted client on PyPI speaks Cluster (txredisapi 1.6 and
 its fork txredisapi3 have no MOVED/ASK or slot map, txredis was last
 released in 2016).  So the router is kept.
 """
-import math
 import random
 import weakref
 from typing import Callable, Iterable
@@ -77,6 +76,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from dnsgo.redis.backend import BackendStatus, RedisUnavailable
+from dnsgo.redis import commands
 from dnsgo.redis.crc16 import SLOTS, key_slot
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.pool import RedisPool
@@ -85,8 +85,6 @@ from dnsgo.redis.pubsub import ResubscribingSubscriber
 Address = tuple[str, int]
 
 MAX_REDIRECTS = 5
-#: keys asked for per SCAN step by delete_matching
-SCAN_COUNT = 500
 READ_PREFERENCES = ("master", "replica", "replicaPreferred")
 CONNECTING, UP, DOWN = "connecting", "up", "down"
 
@@ -341,7 +339,7 @@ class ClusterRedis:
     def get(self, key: bytes) -> defer.Deferred:
         """GET; fires with the value bytes or None."""
         slot = key_slot(key)
-        return self._guard.read(lambda: self._execute(slot, (b"GET", key), read=True))
+        return self._guard.read(lambda: self._execute(slot, commands.get(key), read=True))
 
     def mget(self, keys: list[bytes]) -> defer.Deferred:
         """The values of ``keys`` in order (None where absent): one GET or MGET per slot, in parallel."""
@@ -352,7 +350,7 @@ class ClusterRedis:
     def set(self, key: bytes, value: bytes, ttl: int) -> defer.Deferred:
         """SET key value EX ttl (rounded up to whole seconds, at least 1)."""
         slot = key_slot(key)
-        args = (b"SET", key, value, b"EX", max(1, math.ceil(ttl)))
+        args = commands.set_ex(key, value, ttl)
         return self._guard.write(lambda: self._execute(slot, args, read=False)).addCallback(lambda _: None)
 
     def delete(self, keys: list[bytes]) -> defer.Deferred:
@@ -361,7 +359,7 @@ class ClusterRedis:
             return defer.succeed(0)
 
         def op():
-            ds = [self._execute(slot, (b"DEL", *group), read=False) for slot, group in _by_slot(keys).items()]
+            ds = [self._execute(slot, commands.delete(group), read=False) for slot, group in _by_slot(keys).items()]
             return _gather(ds).addCallback(lambda counts: sum(int(c) for c in counts))
 
         return self._guard.write(op)
@@ -380,7 +378,7 @@ class ClusterRedis:
     def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
         """PUBLISH on the master of the channel's slot; fires with that node's receiver count."""
         slot = key_slot(channel)
-        return self._guard.write(lambda: self._execute(slot, (b"PUBLISH", channel, message), read=False))
+        return self._guard.write(lambda: self._execute(slot, commands.publish(channel, message), read=False))
 
     def subscribe(self, channel: bytes, on_message: Callable[[bytes], None],
                   on_reconnect: Callable[[], None]) -> ResubscribingSubscriber:
@@ -399,12 +397,14 @@ class ClusterRedis:
             raise RedisUnavailable("no Redis Cluster slot map")
         everyone = list(dict.fromkeys(self._busy_nodes()))
         sizes, memory, stats = yield defer.gatherResults([
-            _gather([self._guard.read(lambda m=m: self._client(m).execute(b"DBSIZE")) for m in masters]),
-            _gather([self._guard.read(lambda m=m: self._client(m).execute(b"INFO", b"memory")) for m in masters]),
-            _gather([self._guard.read(lambda n=n: self._client(n).execute(b"INFO", b"stats")) for n in everyone]),
+            _gather([self._guard.read(lambda m=m: self._client(m).execute(*commands.DBSIZE)) for m in masters]),
+            _gather([self._guard.read(lambda m=m: self._client(m).execute(*commands.info_section(b"memory")))
+                     for m in masters]),
+            _gather([self._guard.read(lambda n=n: self._client(n).execute(*commands.info_section(b"stats")))
+                     for n in everyone]),
         ], consumeErrors=True).addErrback(_unwrap)
-        memory = [_parse_info(m) for m in memory]
-        stats = [_parse_info(s) for s in stats]
+        memory = [commands.parse_info(m) for m in memory]
+        stats = [commands.parse_info(s) for s in stats]
         return {
             "keys": sum(int(s) for s in sizes),
             "used_memory": sum(int(m.get("used_memory", 0)) for m in memory),
@@ -509,9 +509,9 @@ class ClusterRedis:
         ds = []
         for slot, group in groups.items():
             if len(group) == 1:
-                d = self._execute(slot, (b"GET", group[0]), read=True).addCallback(lambda v: [v])
+                d = self._execute(slot, commands.get(group[0]), read=True).addCallback(lambda v: [v])
             else:
-                d = self._execute(slot, (b"MGET", *group), read=True)
+                d = self._execute(slot, commands.mget(group), read=True)
             ds.append(d.addCallback(lambda got, slot=slot: (slot, got)))
         index = _positions(keys)
 
@@ -526,16 +526,15 @@ class ClusterRedis:
 
     @defer.inlineCallbacks
     def _delete_matching_on(self, master: Address, pattern: bytes):
-        cursor = b"0"
+        cursor = 0
         total = 0
         while True:
-            reply = yield self._guard.read(
-                lambda c=cursor: self._client(master).execute(b"SCAN", c, b"MATCH", pattern, b"COUNT", SCAN_COUNT))
-            cursor, keys = reply
+            reply = yield self._guard.read(lambda c=cursor: self._client(master).execute(*commands.scan(c, pattern)))
+            cursor, keys = commands.parse_scan(reply)
             for slot, group in _by_slot(keys).items():
-                args = (b"DEL", *group)
+                args = commands.delete(group)
                 total += int((yield self._guard.write(lambda s=slot, a=args: self._send(master, s, a, 0, False))))
-            if cursor in (b"0", 0, "0"):
+            if cursor == 0:
                 return total
 
     def _subscription_address(self) -> Callable[[], Address]:
@@ -767,17 +766,6 @@ def _fire(d: defer.Deferred, result) -> None:
         d.errback(result)
     else:
         d.callback(result)
-
-
-def _parse_info(text) -> dict[str, str]:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    fields = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and not line.startswith("#"):
-            fields[name.strip()] = value.strip()
-    return fields
 
 
 def _describe(error: Exception) -> str:

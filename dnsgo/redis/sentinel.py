@@ -27,7 +27,6 @@ master address itself and gives each server a plain
   usable.  A discovery that overlapped a ``+switch-master`` cannot move the
   master back.  ``start`` never fails.
 """
-import math
 import random
 from collections import Counter
 from typing import Callable
@@ -40,7 +39,7 @@ from dnsgo.redis.backend import BackendStatus, RedisUnavailable
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.pool import RedisPool, describe_failure, open_connection
 from dnsgo.redis.pubsub import ResubscribingSubscriber
-from dnsgo.redis.single import INFO_FIELDS, SCAN_COUNT, parse_info
+from dnsgo.redis.commands import NodeCommands
 
 HostPort = tuple[str, int]
 
@@ -188,7 +187,7 @@ class _MasterSubscription:
         return self.subscriber.stop()
 
 
-class SentinelRedis:
+class SentinelRedis(NodeCommands):
     """
     A :class:`~dnsgo.redis.backend.RedisBackend` over Redis Sentinel.
 
@@ -340,54 +339,17 @@ class SentinelRedis:
 
     # -- RedisBackend: operations -------------------------------------------
 
-    def get(self, key: bytes) -> defer.Deferred:
-        """GET from the read target; fires with the bytes or None."""
-        return self._read(lambda conn: conn.execute_command("GET", key))
+    # dnsgo.redis.commands.NodeCommands over these: reads go to the read
+    # target (read_preference), writes and INFO/DBSIZE to the master.
 
-    def mget(self, keys: list[bytes]) -> defer.Deferred:
-        """MGET from the read target, values in order (None where absent)."""
-        if not keys:
-            return defer.succeed([])
-        keys = list(keys)
-        return self._read(lambda conn: conn.execute_command("MGET", *keys))
+    def _read(self, args) -> defer.Deferred:
+        return self._read_on(lambda conn: conn.execute_command(*args))
 
-    def set(self, key: bytes, value: bytes, ttl: int) -> defer.Deferred:
-        """SET key value EX ttl (whole seconds, at least 1) on the master."""
-        seconds = max(1, math.ceil(ttl))
-        d = self._write(lambda conn: conn.execute_command("SET", key, value, "EX", seconds))
-        return d.addCallback(lambda _: None)
+    def _write(self, args) -> defer.Deferred:
+        return self._on_master(self.guard.write, lambda conn: conn.execute_command(*args))
 
-    def delete(self, keys: list[bytes]) -> defer.Deferred:
-        """DEL on the master; fires with how many existed."""
-        if not keys:
-            return defer.succeed(0)
-        keys = list(keys)
-        return self._write(lambda conn: conn.execute_command("DEL", *keys))
-
-    @defer.inlineCallbacks
-    def delete_matching(self, pattern: bytes):
-        """SCAN MATCH + DEL on the master, each step within its timeout; fires with the count."""
-        cursor, deleted = b"0", 0
-        while True:
-            cursor, keys = yield self._write(
-                lambda conn, c=cursor: conn.execute_command("SCAN", c, "MATCH", pattern, "COUNT", SCAN_COUNT))
-            if keys:
-                deleted += yield self._write(lambda conn, k=keys: conn.execute_command("DEL", *k))
-            if int(cursor) == 0:
-                return deleted
-
-    def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
-        """PUBLISH on the master; fires with the receiver count."""
-        return self._write(lambda conn: conn.execute_command("PUBLISH", channel, message))
-
-    @defer.inlineCallbacks
-    def info(self):
-        """Fires with the master's {"keys": DBSIZE, "used_memory": ..., "keyspace_hits": ..., ...} (ints)."""
-        text = yield self._on_master(self.guard.read, lambda conn: conn.execute_command("INFO"))
-        keys = yield self._on_master(self.guard.read, lambda conn: conn.execute_command("DBSIZE"))
-        result = parse_info(text, INFO_FIELDS)
-        result["keys"] = int(keys)
-        return result
+    def _admin(self, args) -> defer.Deferred:
+        return self._on_master(self.guard.read, lambda conn: conn.execute_command(*args))
 
     def subscribe(self, channel: bytes, on_message: Callable[[bytes], None],
                   on_reconnect: Callable[[], None]) -> "_MasterSubscription":
@@ -409,7 +371,7 @@ class SentinelRedis:
         self._master_waiters.append(d)
         return d
 
-    def _read(self, command) -> defer.Deferred:
+    def _read_on(self, command) -> defer.Deferred:
         if self._read_preference == "replica" and self._master is not None and self._replica_pool is None:
             # no target at all: a miss at once, not a Redis failure for the breaker
             return defer.fail(RedisUnavailable("no usable replica"))
@@ -421,9 +383,6 @@ class SentinelRedis:
         if self._read_preference == "replica":
             return None
         return self._master_pool
-
-    def _write(self, command) -> defer.Deferred:
-        return self._on_master(self.guard.write, command)
 
     def _on_master(self, run, command) -> defer.Deferred:
         return self._guarded(run, lambda: self._master_pool, command)

@@ -7,24 +7,17 @@ breaker) over a :class:`~dnsgo.redis.pool.RedisPool`, which fails at once
 while Redis is down instead of queueing, and logs one line when Redis
 becomes unusable and one when it is back.
 """
-import math
 from typing import Callable
 
 from twisted.internet import defer
 
 from dnsgo.redis.backend import BackendStatus
+from dnsgo.redis.commands import NodeCommands
 from dnsgo.redis.guard import Guard
 from dnsgo.redis.pool import HostPort, RedisPool
 from dnsgo.redis.pubsub import ResubscribingSubscriber
 
-#: keys asked for per SCAN step, and so deleted per DEL, by delete_matching
-SCAN_COUNT = 500
-
-#: the INFO fields ``info()`` reports (as ints) when Redis has them
-INFO_FIELDS = ("used_memory", "keyspace_hits", "keyspace_misses", "evicted_keys", "expired_keys")
-
-
-class SingleRedis:
+class SingleRedis(NodeCommands):
     """
     One Redis server at ``address`` ((host, port) or a config ``Address``),
     over ``pool_size`` connections that are kept open.
@@ -74,48 +67,15 @@ class SingleRedis:
         stops = [s.stop() for s in subscriptions] + [self._pool.stop()]
         return defer.gatherResults(stops, consumeErrors=True).addCallback(lambda _: None)
 
-    # -- commands ----------------------------------------------------------
+    # -- commands (dnsgo.redis.commands.NodeCommands over these) ----------
 
-    def get(self, key: bytes) -> defer.Deferred:
-        """Fires with the value bytes, or None when absent."""
-        return self._guard.read(lambda: self._pool.connection().get(key))
+    def _read(self, args) -> defer.Deferred:
+        return self._guard.read(lambda: self._pool.connection().execute_command(*args))
 
-    def mget(self, keys: list[bytes]) -> defer.Deferred:
-        """Fires with the values (None where absent), in the order of ``keys``."""
-        if not keys:
-            return defer.succeed([])
-        keys = list(keys)
-        return self._guard.read(lambda: self._pool.connection().mget(keys))
+    def _write(self, args) -> defer.Deferred:
+        return self._guard.write(lambda: self._pool.connection().execute_command(*args))
 
-    def set(self, key: bytes, value: bytes, ttl: int) -> defer.Deferred:
-        """SET key value EX ttl (rounded up to whole seconds, at least 1)."""
-        seconds = max(1, math.ceil(ttl))
-        d = self._guard.write(lambda: self._pool.connection().set(key, value, expire=seconds))
-        return d.addCallback(lambda _: None)
-
-    def delete(self, keys: list[bytes]) -> defer.Deferred:
-        """DEL the keys; fires with how many existed."""
-        if not keys:
-            return defer.succeed(0)
-        keys = list(keys)
-        return self._guard.write(lambda: self._pool.connection().delete(keys))
-
-    @defer.inlineCallbacks
-    def delete_matching(self, pattern: bytes):
-        """SCAN MATCH pattern COUNT 500 and DEL each batch; fires with how many were deleted."""
-        cursor, deleted = 0, 0
-        while True:
-            reply = yield self._guard.read(
-                lambda c=cursor: self._pool.connection().scan(c, pattern, SCAN_COUNT))
-            cursor, keys = int(reply[0]), reply[1]
-            if keys:
-                deleted += yield self._guard.write(lambda k=keys: self._pool.connection().delete(k))
-            if cursor == 0:
-                return deleted
-
-    def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
-        """PUBLISH; fires with the number of receivers."""
-        return self._guard.write(lambda: self._pool.connection().publish(channel, message))
+    _admin = _read
 
     def subscribe(
         self, channel: bytes, on_message: Callable[[bytes], None], on_reconnect: Callable[[], None]
@@ -131,15 +91,6 @@ class SingleRedis:
         self._subscriptions.append(subscription)
         subscription.start()
         return subscription
-
-    @defer.inlineCallbacks
-    def info(self):
-        """Fires with {"keys": DBSIZE, "used_memory": ..., "keyspace_hits": ..., ...} (ints)."""
-        text = yield self._guard.read(lambda: self._pool.connection().execute_command("INFO"))
-        keys = yield self._guard.read(lambda: self._pool.connection().dbsize())
-        result = parse_info(text, INFO_FIELDS)
-        result["keys"] = int(keys)
-        return result
 
     def status(self) -> BackendStatus:
         """Where the backend stands now (never holds the password)."""
@@ -158,19 +109,3 @@ class SingleRedis:
             master=None,
             last_error=self._pool.last_error or self._guard.last_error,
         )
-
-
-def parse_info(text: bytes | str, fields=INFO_FIELDS) -> dict:
-    """The integer ``fields`` of an INFO reply, as a dict (fields Redis did not report are left out)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    wanted = set(fields)
-    out = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition(":")
-        if sep and name in wanted:
-            try:
-                out[name] = int(value.strip())
-            except ValueError:
-                pass
-    return out

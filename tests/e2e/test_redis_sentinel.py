@@ -68,7 +68,7 @@ class FakeServer:
             return defer.Deferred()
         if self.error is not None:
             return defer.fail(self.error)
-        name = command[0]
+        name = command[0].decode() if isinstance(command[0], bytes) else command[0]
         if name == "GET":
             return defer.succeed(self.store.get(command[1]))
         if name == "SET":

@@ -13,7 +13,8 @@ from twisted.trial.unittest import TestCase
 from dnsgo.redis.backend import RedisUnavailable
 from dnsgo.redis.breaker import CircuitBreaker
 from dnsgo.redis.guard import Guard
-from dnsgo.redis.single import SingleRedis, parse_info
+from dnsgo.redis.commands import info_numbers, parse_info, parse_scan
+from dnsgo.redis.single import SingleRedis
 from tests.support.redis_procs import SKIP, RedisServer, cli, free_port
 
 READ_TIMEOUT = 0.5
@@ -180,12 +181,22 @@ class RoundTripTests(_Case):
 
 
 class ParseInfoTests(TestCase):
-    """parse_info."""
+    """The one INFO parser of dnsgo.redis.commands, used by every backend."""
 
     def test_picks_integer_fields(self):
-        """The wanted fields are parsed as ints; others and sections are ignored."""
-        text = b"# Memory\r\nused_memory:1024\r\nused_memory_human:1K\r\n# Stats\r\nkeyspace_hits:7\r\n"
-        self.assertEqual(parse_info(text), {"used_memory": 1024, "keyspace_hits": 7})
+        """The wanted fields are parsed as ints; others, non-integers and sections are ignored."""
+        text = b"# Memory\r\nused_memory:1024\r\nused_memory_human:1K\r\n# Stats\r\nkeyspace_hits:7\r\nevicted_keys:x\r\n"
+        self.assertEqual(info_numbers(text), {"used_memory": 1024, "keyspace_hits": 7})
+
+    def test_every_field_as_text(self):
+        """parse_info keeps every field as text, section headers left out (the Cluster backend sums them)."""
+        text = "# Server\r\nredis_version:7.0.15\r\nused_memory:1024\r\n"
+        self.assertEqual(parse_info(text), {"redis_version": "7.0.15", "used_memory": "1024"})
+
+    def test_scan_reply(self):
+        """A SCAN reply (cursor as bytes) becomes an int cursor and a list of keys."""
+        self.assertEqual(parse_scan([b"17", [b"a", b"b"]]), (17, [b"a", b"b"]))
+        self.assertEqual(parse_scan([b"0", []]), (0, []))
 
 
 class WrongPasswordTests(_Case):

@@ -9,12 +9,14 @@
 
 The parts are built in :mod:`dnsgo.app.roles` and :mod:`dnsgo.app.assemble`.
 """
+import gc
 import os
 import sys
 
 from twisted.python import usage
 
 from dnsgo.config import ConfigError, load_config
+from dnsgo.serve import fdlimit
 
 
 def _load(path, check: bool):
@@ -107,9 +109,9 @@ def makeService(options: Options):
     twistd's entry point: the role the command line asks for, in a process
     whose soft open-file limit is raised to the hard one (see dnsgo.serve.fdlimit).
     """
-    import gc
-
-    from dnsgo.serve import fdlimit
+    # Imported here, not at the top: klein installs the default reactor when
+    # imported, and twistd imports this module before it installs the one
+    # asked for with --reactor.
     from dnsgo.app import roles
 
     gc.set_threshold(*GC_THRESHOLDS)

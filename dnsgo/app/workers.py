@@ -24,6 +24,9 @@ from twisted.logger import ILogObserver, Logger
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from dnsgo.app.logs import make_observer
+from dnsgo.serve.listeners import bind_socket
+
 #: How long a stopping worker has between SIGTERM and SIGKILL, in seconds.
 KILL_TIME = 5.0
 #: The longest a worker that keeps dying at start waits to be restarted
@@ -77,8 +80,6 @@ def check_can_listen(host: str, port: int, *, enable_tcp: bool) -> None:
     ``SO_REUSEPORT``) once and let it go, so that an address nobody can serve
     on fails before any worker starts.  Raises :class:`ListenError`.
     """
-    from dnsgo.serve.listeners import bind_socket
-
     shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if port == 0:
         raise ListenError(
@@ -177,8 +178,6 @@ class _SupervisorObserver:
     """
 
     def __init__(self, logging_config, monitor: ProcessMonitor, out=None) -> None:
-        from dnsgo.app.logs import make_observer
-
         self._monitor = monitor
         self._own = make_observer(logging_config, out)
         self._relayed = make_observer(attrs.evolve(logging_config, level="debug"), out)
@@ -217,7 +216,7 @@ class WorkerSupervisor(service.MultiService):
         reactor=None,
     ) -> None:
         if reactor is None:
-            from twisted.internet import reactor
+            from twisted.internet import reactor  # a root: it picks the reactor when none is given
         super().__init__()
         self.config = config
         self._config_path = config_path

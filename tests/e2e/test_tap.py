@@ -4,6 +4,8 @@ The ``twistd dnsgo`` command line, run as real twistd processes.
 import os
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
 
 import dns.message
@@ -157,3 +159,14 @@ class RunTests(unittest.TestCase):
             transport.signalProcess("KILL")
         except error.ProcessExitedAlready:
             pass
+
+
+class ReactorChoiceTests(unittest.SynchronousTestCase):
+    """twistd imports dnsgo.tap to parse options before it installs the reactor asked for."""
+
+    def test_importing_the_tap_installs_no_reactor(self):
+        """Importing dnsgo.tap (and the plugin) leaves the reactor uninstalled, so --reactor still works."""
+        code = ("import sys, dnsgo.tap; from twisted.plugins import dnsgo_plugin; "
+                "print('twisted.internet.reactor' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), "False", out.stderr)

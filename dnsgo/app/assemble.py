@@ -92,16 +92,16 @@ class ServerParts:
     shared_store: SharedRRsetStore | None = None
 
 
-class ServerRoot(service.MultiService):
+class PartsRoot(service.MultiService):
     """
-    One serving dnsgo process: its child services and its :class:`ServerParts`
-    (``root.parts``; ``root.handler`` and the like read them too).
+    A process root: its child services and its frozen parts (``root.parts``,
+    whose attributes ``root.<name>`` reads too, read-only).
 
-    Attached to a twistd application, it installs the ``logging`` section's
-    observer there, which twistd then uses.
+    Attached to a twistd application, it installs the observer of the parts'
+    ``config.logging`` section there, which twistd then uses.
     """
 
-    def __init__(self, parts: ServerParts) -> None:
+    def __init__(self, parts) -> None:
         super().__init__()
         self.parts = parts
 
@@ -115,6 +115,10 @@ class ServerRoot(service.MultiService):
     def setServiceParent(self, parent):
         install_observer(parent, self.parts.config.logging)
         return super().setServiceParent(parent)
+
+
+class ServerRoot(PartsRoot):
+    """One serving dnsgo process, over its :class:`ServerParts`."""
 
 
 def identity_for(config, environ=None) -> Identity:

@@ -20,7 +20,7 @@ from dnsgo.api import ManagementAPI, check_listen_allowed
 from dnsgo.api.control_view import ControlClusterView
 from dnsgo.api.local_view import LocalClusterView
 from dnsgo.api.snapshot import worker_snapshot
-from dnsgo.app.assemble import BackendService, build_service, build_shared, identity_for, shared_signer
+from dnsgo.app.assemble import BackendService, PartsRoot, build_service, build_shared, identity_for, shared_signer
 from dnsgo.app.identity import default_worker_id
 from dnsgo.app.logs import install_observer
 from dnsgo.app.workers import WorkerSupervisor
@@ -89,23 +89,8 @@ class ControlParts:
     shared_store: SharedRRsetStore | None = None
 
 
-class ControlRoot(service.MultiService):
-    """The control plane's services and its :class:`ControlParts` (``root.parts``; ``root.control`` reads them too)."""
-
-    def __init__(self, parts: ControlParts) -> None:
-        super().__init__()
-        self.parts = parts
-
-    def __getattr__(self, name: str):
-        # Only called for names the service itself lacks: the parts, read-only.
-        parts = self.__dict__.get("parts")
-        if parts is None or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(parts, name)
-
-    def setServiceParent(self, parent):
-        install_observer(parent, self.parts.config.logging)
-        return super().setServiceParent(parent)
+class ControlRoot(PartsRoot):
+    """The control plane's services, over its :class:`ControlParts`."""
 
 
 def build_control(config, config_path, *, host=None, port=None, heartbeat_interval=None, reactor=None,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import dnsperf
 import probe
+import profile as pyspy
 import report
 import servers
 import workload
@@ -142,8 +143,21 @@ class Bench:
     def perf(self, server: Server, label: str, queries: Path, load: dnsperf.Load) -> dnsperf.Result:
         """Run dnsperf against ``server`` and keep its output as ``server-label.txt``."""
         bound = (load.seconds or self.plan.warm_limit) + 30
+        spy = None
+        if self.args.profile and server.name == "dnsgo" and pyspy.available():
+            folded = self.outdir / f"{server.name}-{label}.pyspy.txt"
+            spy = pyspy.record(server.process.pid, folded, load.seconds or self.plan.warm_limit)
         result = dnsperf.run(server.port, queries, load, self.outdir / f"{server.name}-{label}.txt",
                              self.args.client_cpu, bound)
+        if spy is not None:
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+            if folded.exists():
+                table = pyspy.summary(folded)
+                (self.outdir / f"{server.name}-{label}.profile.txt").write_text(table + "\n")
+                say(f"  py-spy, {server.name} {label}:\n    " + table.replace("\n", "\n    "))
         say(f"  {server.name:14} {label:8} {result.qps:>10,.0f} q/s  completed {result.completed:,}"
             f"/{result.sent:,}  rcodes {result.rcodes}")
         if not result.ok:
@@ -318,6 +332,8 @@ def parse_args(argv=None):
     parser.add_argument("--client-cpu", type=int, default=0, help="CPU of dnsperf")
     parser.add_argument("--nsd-cpu", type=int, default=0, help="CPU of nsd (default 0, with dnsperf)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--profile", action="store_true",
+                        help="record dnsgo with py-spy during each scenario and print where its time goes")
     args = parser.parse_args(argv)
     args.scenario = args.scenario or list(SCENARIOS)
     args.servers = args.servers or names

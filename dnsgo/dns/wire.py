@@ -410,7 +410,7 @@ def _name_end(msg: bytes, pos: int) -> int:
             raise ValueError("unknown label type 0x%02x" % length)
 
 
-def _read_name(msg: bytes, pos: int) -> tuple[bytes, int]:
+def read_name(msg: bytes, pos: int) -> tuple[bytes, int]:
     """
     Return the name at ``pos`` expanded to uncompressed wire format, and the
     offset just past it in the message; same checks as :func:`_name_end`.
@@ -457,7 +457,7 @@ def parse_question(msg: bytes) -> tuple[bytes, int, int, int]:
         raise ValueError("message shorter than a DNS header")
     if _U16.unpack_from(msg, 4)[0] != 1:
         raise ValueError("QDCOUNT is not 1")
-    qname, pos = _read_name(msg, 12)
+    qname, pos = read_name(msg, 12)
     if pos + 4 > len(msg):
         raise ValueError("truncated question")
     qtype, qclass = _U16X2.unpack_from(msg, pos)
@@ -784,22 +784,10 @@ def text_to_name(text: str) -> bytes:
 # twisted.names keeps a name as its labels joined with b".", so the one label
 # b"www.bank" and the two labels b"www" b"bank" decode to the same bytes.  A
 # cache keyed on those bytes would let the first name's answer stand for the
-# second.  These functions find such names in the bytes, before anything is
-# decoded, so the caches can leave them out.
+# second.  This finds such names in the bytes, before anything is decoded, so
+# the caches can leave them out (dnsgo.dns.records looks at whole replies).
 
 _DOT = 0x2E
-
-#: Where twisted.names decodes names inside the rdata of a type: a tuple of
-#: steps, each an int (skip that many bytes), "n" (a name) or "s" (a
-#: character-string).  Types not listed keep their rdata as bytes.
-_RDATA_NAMES = {
-    2: ("n",), 3: ("n",), 4: ("n",), 5: ("n",), 7: ("n",), 8: ("n",), 9: ("n",),
-    12: ("n",), 39: ("n",),  # NS MD MF CNAME MB MG MR PTR DNAME
-    6: ("n", "n"), 14: ("n", "n"), 17: ("n", "n"),  # SOA MINFO RP
-    15: (2, "n"), 18: (2, "n"),  # MX AFSDB
-    33: (6, "n"),  # SRV
-    35: (4, "s", "s", "s", "n"),  # NAPTR
-}
 
 
 def label_has_dot(name: bytes) -> bool:
@@ -815,60 +803,6 @@ def label_has_dot(name: bytes) -> bool:
         if _DOT in name[pos + 1 : pos + 1 + length]:
             return True
         pos += length + 1
-    return False
-
-
-def _dotted_name_at(msg: bytes, pos: int) -> tuple[bool, int]:
-    """Whether the (possibly compressed) name at ``pos`` has a dotted label, and the offset past it."""
-    name, end = _read_name(msg, pos)
-    return label_has_dot(name), end
-
-
-def has_dotted_label(msg: bytes) -> bool:
-    """
-    Whether any name in the message that twisted.names would decode (the
-    question, every owner, the names inside NS, CNAME, SOA, MX, SRV, ...
-    rdata) has a ``.`` inside a label.  Meant for messages
-    :func:`scan_response` accepted: a message without any ``.`` byte is
-    answered False unread, and one malformed where it is read raises
-    ValueError.
-    """
-    if _DOT not in msg:
-        return False
-    n = len(msg)
-    if n < 12:
-        raise ValueError("message shorter than a DNS header")
-    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
-    pos = 12
-    for _ in range(qdcount):
-        dotted, pos = _dotted_name_at(msg, pos)
-        if dotted:
-            return True
-        pos += 4
-    for _ in range(ancount + nscount + arcount):
-        dotted, pos = _dotted_name_at(msg, pos)
-        if dotted:
-            return True
-        if pos + 10 > n:
-            raise ValueError("truncated resource record")
-        rtype, _, _, rdlength = _RR_FIXED.unpack_from(msg, pos)
-        pos += 10
-        end = pos + rdlength
-        steps = _RDATA_NAMES.get(rtype)
-        if steps is not None:
-            at = pos
-            for step in steps:
-                if step == "n":
-                    dotted, at = _dotted_name_at(msg, at)
-                    if dotted:
-                        return True
-                elif step == "s":
-                    at += 1 + msg[at] if at < end else 1
-                else:
-                    at += step
-                if at > end:
-                    raise ValueError("rdata shorter than its names")
-        pos = end
     return False
 
 

@@ -8,7 +8,7 @@ from twisted.internet.interfaces import IResolver
 from twisted.names import common, dns
 from zope.interface import implementer
 
-from dnsgo.dns import wire
+from dnsgo.dns import records
 from dnsgo.resolve.chain import RecentFailure, VerbatimReply, message_to_result
 from dnsgo.resolve.query import FlaggedQuery
 
@@ -57,7 +57,7 @@ class ForwardingResolver(common.ResolverBase):
         return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
 
     def _answered(self, reply, query):
-        verbatim = query.dotted or wire.has_dotted_label(reply.wire)
+        verbatim = query.dotted or records.has_dotted_label(reply.wire)
         if self._on_reply is not None and not verbatim:
             self._on_reply(query, reply.message)
         if reply.message.rCode == dns.ESERVER and self._failures is not None:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
 
-from dnsgo.dns import wire
+from dnsgo.dns import records, wire
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -865,7 +865,7 @@ class DottedLabelTests(SynchronousTestCase):
 
     def test_plain_reply(self):
         """A reply with ordinary names (and dot bytes in its rdata and TTLs) has none."""
-        self.assertFalse(wire.has_dotted_label(self.reply("q.example. A 46.46.46.46", "q.example. TXT a.b.c")))
+        self.assertFalse(records.has_dotted_label(self.reply("q.example. A 46.46.46.46", "q.example. TXT a.b.c")))
 
     def test_each_place_a_name_can_be(self):
         """The question, an owner and the names inside CNAME, SOA, MX, SRV and NAPTR rdata are all looked at."""
@@ -879,19 +879,19 @@ class DottedLabelTests(SynchronousTestCase):
             "NAPTR": self.reply('q.example. NAPTR 1 2 "u" "E2U+sip" "" r\\.x.example.'),
         }
         for place, msg in cases.items():
-            self.assertTrue(wire.has_dotted_label(msg), place)
+            self.assertTrue(records.has_dotted_label(msg), place)
 
     def test_compressed_names_followed(self):
         """A dotted label reached through a compression pointer counts."""
         msg = self.reply("a\\.b.example. A 192.0.2.1", "q.example. CNAME a\\.b.example.")
         self.assertIn(b"\xc0", msg)
-        self.assertTrue(wire.has_dotted_label(msg))
+        self.assertTrue(records.has_dotted_label(msg))
 
     def test_malformed_raises(self):
         """A name cut short after a dot byte raises ValueError, as scan_response does."""
         msg = self.reply(qname="a\\.b.example.")
         with self.assertRaises(ValueError):
-            wire.has_dotted_label(msg[:20])
+            records.has_dotted_label(msg[:20])
 
     def test_bound_ttls(self):
         """TTLs above max_ttl are lowered, top-bit TTLs become 0, and a reply needing neither is returned as is."""

@@ -1,0 +1,189 @@
+"""
+The resource records of a reply, read from its bytes in one pass: each
+record's owner and rdata uncompressed (compression pointers inside the rdata
+of NS, CNAME, SOA, MX, SRV, ... expanded), so a record can be stored, shared
+and later decoded on its own.  This is what the caches learn from on the
+miss path instead of a decoded ``dns.Message``.
+
+A name with a ``.`` inside a label is noted as it is read (``dotted``):
+twisted.names would read such a label as two, so such replies fill no cache.
+"""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from dnsgo.dns.wire import TYPE_OPT, label_has_dot, read_name
+
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = struct.Struct("!HHIH")
+_U16X2 = struct.Struct("!HH")
+_TTL_TOP_BIT = 0x80000000
+
+#: Where names sit inside the rdata of a type (the types twisted.names
+#: decodes names in): a tuple of steps, each an int (that many bytes as
+#: they are), "n" (a name) or "s" (a character-string).  Other types'
+#: rdata holds no name and is kept as it is.
+RDATA_NAMES = {
+    2: ("n",), 3: ("n",), 4: ("n",), 5: ("n",), 7: ("n",), 8: ("n",), 9: ("n",),
+    12: ("n",), 39: ("n",),  # NS MD MF CNAME MB MG MR PTR DNAME
+    6: ("n", "n"), 14: ("n", "n"), 17: ("n", "n"),  # SOA MINFO RP
+    15: (2, "n"), 18: (2, "n"), 21: (2, "n"), 36: (2, "n"),  # MX AFSDB RT KX
+    33: (6, "n"),  # SRV
+    35: (4, "s", "s", "s", "n"),  # NAPTR
+}
+
+ANSWER, AUTHORITY, ADDITIONAL = 0, 1, 2
+
+
+class WireRecord(NamedTuple):
+    """
+    One resource record of a reply: ``owner`` in uncompressed wire format
+    (case as received), type, class, TTL (one with the top bit set reads as
+    0, RFC 2181 §8), ``rdata`` uncompressed, and the section it came from
+    (:data:`ANSWER`, :data:`AUTHORITY` or :data:`ADDITIONAL`).
+    """
+
+    owner: bytes
+    type: int
+    cls: int
+    ttl: int
+    rdata: bytes
+    section: int
+
+
+class ReadReply(NamedTuple):
+    """A reply's question (name uncompressed, as sent), its rcode (header bits), TC bit, records, and whether any name has a dotted label."""
+
+    qname: bytes
+    qtype: int
+    qclass: int
+    rcode: int
+    truncated: bool
+    records: list
+    dotted: bool
+
+
+def read_reply(msg: bytes) -> ReadReply:
+    """
+    The question and every record but the OPT of a reply with one question.
+    Meant for replies :func:`dnsgo.dns.wire.scan_response` accepted; raises
+    ValueError where the bytes do not hold together.
+    """
+    n = len(msg)
+    if n < 12:
+        raise ValueError("message shorter than a DNS header")
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
+    if qdcount != 1:
+        raise ValueError("QDCOUNT is not 1")
+    qname, pos = read_name(msg, 12)
+    if pos + 4 > n:
+        raise ValueError("truncated question")
+    qtype, qclass = _U16X2.unpack_from(msg, pos)
+    pos += 4
+    dotted = label_has_dot(qname)
+    records = []
+    append = records.append
+    first_authority = ancount
+    first_additional = ancount + nscount
+    for index in range(first_additional + arcount):
+        owner, pos = read_name(msg, pos)
+        if pos + 10 > n:
+            raise ValueError("truncated resource record")
+        rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
+        start = pos + 10
+        end = start + rdlength
+        if end > n:
+            raise ValueError("resource record data runs past the end of the message")
+        pos = end
+        if rtype == TYPE_OPT:
+            continue
+        steps = RDATA_NAMES.get(rtype)
+        if steps is None:
+            rdata = msg[start:end]
+        else:
+            rdata, names_dotted = _expand_rdata(msg, start, end, steps)
+            dotted = dotted or names_dotted
+        dotted = dotted or label_has_dot(owner)
+        section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
+        append(WireRecord(owner, rtype, cls, 0 if ttl & _TTL_TOP_BIT else ttl, rdata, section))
+    return ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
+
+
+def _expand_rdata(msg: bytes, start: int, end: int, steps) -> tuple[bytes, bool]:
+    """The rdata between ``start`` and ``end`` with its names uncompressed, and whether one has a dotted label."""
+    parts = []
+    dotted = False
+    at = start
+    for step in steps:
+        if step == "n":
+            name, at = read_name(msg, at)
+            dotted = dotted or label_has_dot(name)
+            parts.append(name)
+        elif step == "s":
+            if at >= end:
+                raise ValueError("rdata shorter than its character-strings")
+            length = 1 + msg[at]
+            parts.append(msg[at : at + length])
+            at += length
+        else:
+            parts.append(msg[at : at + step])
+            at += step
+        if at > end:
+            raise ValueError("rdata shorter than its names")
+    parts.append(msg[at:end])
+    return b"".join(parts), dotted
+
+
+def _dotted_name_at(msg: bytes, pos: int) -> tuple[bool, int]:
+    """Whether the (possibly compressed) name at ``pos`` has a dotted label, and the offset past it."""
+    name, end = read_name(msg, pos)
+    return label_has_dot(name), end
+
+
+def has_dotted_label(msg: bytes) -> bool:
+    """
+    Whether any name in the message that twisted.names would decode (the
+    question, every owner, the names inside NS, CNAME, SOA, MX, SRV, ...
+    rdata) has a ``.`` inside a label.  Meant for messages
+    :func:`scan_response` accepted: a message without any ``.`` byte is
+    answered False unread, and one malformed where it is read raises
+    ValueError.
+    """
+    if 0x2E not in msg:  # no "." byte at all: no dotted label
+        return False
+    n = len(msg)
+    if n < 12:
+        raise ValueError("message shorter than a DNS header")
+    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
+    pos = 12
+    for _ in range(qdcount):
+        dotted, pos = _dotted_name_at(msg, pos)
+        if dotted:
+            return True
+        pos += 4
+    for _ in range(ancount + nscount + arcount):
+        dotted, pos = _dotted_name_at(msg, pos)
+        if dotted:
+            return True
+        if pos + 10 > n:
+            raise ValueError("truncated resource record")
+        rtype, _, _, rdlength = _RR_FIXED.unpack_from(msg, pos)
+        pos += 10
+        end = pos + rdlength
+        steps = RDATA_NAMES.get(rtype)
+        if steps is not None:
+            at = pos
+            for step in steps:
+                if step == "n":
+                    dotted, at = _dotted_name_at(msg, at)
+                    if dotted:
+                        return True
+                elif step == "s":
+                    at += 1 + msg[at] if at < end else 1
+                else:
+                    at += step
+                if at > end:
+                    raise ValueError("rdata shorter than its names")
+        pos = end
+    return False

@@ -47,9 +47,14 @@ mutated) are kept; every read builds new ``dns.RRHeader`` objects.  Expired
 entries are dropped when read, or by LRU eviction; :meth:`RRsetCache.stats`
 counts them until then.
 
-The rules that decide what a reply teaches live in :func:`learn_from_reply`
-(pure, no state), so the shared L2 in Redis (:mod:`dnsgo.cache.shared`)
-applies the very same ones; :meth:`RRsetCache.insert_rrset` and
+The rules that decide what a reply teaches live in :func:`learn_from_wire`
+(the records of a reply as read from its bytes, :mod:`dnsgo.dns.records`:
+the miss path) and :func:`learn_from_reply` (twisted.names sections), both
+pure and sharing the same rules, so the shared L2 in Redis
+(:mod:`dnsgo.cache.shared`) applies the very same ones.  What
+:func:`learn_from_wire` learns keeps its rdata as bytes: an RRset is
+decoded into ``dns.Record_*`` objects the first time it is read, so a miss
+decodes nothing it does not serve; :meth:`RRsetCache.insert_rrset` and
 :meth:`RRsetCache.insert_negative` copy entries learnt there into this cache.
 
 Hits and misses are counted by the reader through :meth:`RRsetCache.count_lookup`
@@ -66,6 +71,8 @@ import attrs
 from twisted.names import dns
 
 from dnsgo.cache.stats import CacheStats, hit_rate
+from dnsgo.dns import records as wire_records
+from dnsgo.dns.names import wire_to_dotted
 
 #: Type codes twisted.names has no constant for.
 RRSIG = 46
@@ -270,9 +277,26 @@ class RRsetCache:
         if not isinstance(entry, _RRset) or entry.rank < min_rank:
             return None
         entries.move_to_end(key)
+        if entry.payloads and entry.payloads[0].__class__ is bytes:
+            entry = self._decode(index, key, entry)
+            if entry is None:
+                return None
         remaining = entry.ttl - int(now - entry.stored_at)
         owner = entry.owner
         return [dns.RRHeader(owner, type, cls, remaining, payload) for payload in entry.payloads]
+
+    def _decode(self, index: int, key, entry: "_RRset"):
+        """``entry`` with its wire rdata decoded (kept so, at its new cost), or None (dropped) if it does not decode."""
+        try:
+            payloads = tuple(wire_records.decode_rdata(entry.type, entry.ttl, rdata) for rdata in entry.payloads)
+        except ValueError:
+            self._remove(index, key)
+            return None
+        cost = entry.cost - sum(map(_payload_cost, entry.payloads)) + sum(map(_payload_cost, payloads))
+        decoded = attrs.evolve(entry, payloads=payloads, cost=cost)
+        self._shards[index][key] = decoded
+        self._sizes[index] += cost - entry.cost
+        return decoded
 
     def get_negative(self, name: bytes, type: int, cls: int = dns.IN) -> tuple[int, dns.RRHeader] | None:
         """
@@ -458,6 +482,87 @@ def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additiona
     return learned
 
 
+def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
+    """
+    What a reply teaches, as :func:`learn_from_reply` says, from its records
+    as read from its bytes (:func:`dnsgo.dns.records.read_reply`): the
+    :class:`LearnedRRset` payloads are the rdata bytes (uncompressed).
+    ``query`` is the question asked (its name, type and class count, not
+    the reply's copy of it).
+    """
+    qtype, qcls = query.type, query.cls
+    rcode = reply.rcode
+    if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
+        return []
+    qname = normalize_name(query.name.name)
+    sections = ([], [], [])
+    for record in reply.records:
+        if record.type not in _NOT_CACHED_TYPES:
+            sections[record.section].append(record)
+    learned: list = []
+    for rank, section in ((Rank.ADDITIONAL, sections[wire_records.ADDITIONAL]), (Rank.AUTHORITY, sections[wire_records.AUTHORITY])):
+        for (name, type, cls), group in _group_wire(section).items():
+            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, rank))
+
+    groups = _group_wire(sections[wire_records.ANSWER])
+    chain, complete = _follow_chain(groups, qname, qtype, qcls, _wire_target)
+    last = chain[-1]
+    for (name, type, cls), group in groups.items():
+        if cls != qcls or name != qname:
+            continue
+        if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
+            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, Rank.ANSWER))
+
+    if complete and last == qname:
+        negative = None
+        if rcode == dns.ENAME:
+            negative = _learn_wire_negative(last, None, qcls, dns.ENAME, sections[wire_records.AUTHORITY])
+        elif (last, qtype, qcls) not in groups:
+            negative = _learn_wire_negative(last, qtype, qcls, dns.OK, sections[wire_records.AUTHORITY])
+        if negative is not None:
+            learned.append(negative)
+    return learned
+
+
+def _group_wire(section) -> dict:
+    """Group a section's WireRecords into RRsets keyed by (name lowercased, type, class); payloads are rdata bytes."""
+    groups: dict = {}
+    for record in section:
+        owner = wire_to_dotted(record.owner)
+        key = (normalize_name(owner), record.type, record.cls)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = _Group(owner, [record.rdata], record.ttl)
+        else:
+            group.payloads.append(record.rdata)
+            if record.ttl < group.ttl:
+                group.ttl = record.ttl
+    return groups
+
+
+def _wire_target(payload) -> bytes:
+    """The dotted target of a CNAME payload kept as rdata bytes."""
+    return wire_to_dotted(wire_records.rdata_name(payload))
+
+
+def _learn_wire_negative(name: bytes, type: int | None, cls: int, rcode: int, authority) -> LearnedNegative | None:
+    """The negative answer an SOA of ``name``'s zone in ``authority`` (WireRecords) allows, or None."""
+    for record in authority:
+        if record.type != dns.SOA or record.cls != cls:
+            continue
+        owner = wire_to_dotted(record.owner)
+        zone = normalize_name(owner)
+        if zone and name != zone and not name.endswith(b"." + zone):
+            continue
+        try:
+            payload = wire_records.decode_rdata(dns.SOA, record.ttl, record.rdata)
+        except ValueError:
+            return None
+        soa_rr = dns.RRHeader(owner, dns.SOA, cls, record.ttl, payload)
+        return LearnedNegative(name, type, cls, rcode, soa_rr, min(record.ttl, payload.minimum))
+    return None
+
+
 def _learn_negative(name: bytes, type: int | None, cls: int, rcode: int, authority) -> LearnedNegative | None:
     soa_rr = _zone_soa(authority, name, cls)
     if soa_rr is None:
@@ -493,10 +598,16 @@ def _group(section) -> dict:
     return groups
 
 
-def _follow_chain(groups: dict, qname: bytes, qtype: int, qcls: int) -> tuple[list[bytes], bool]:
+def _object_target(payload) -> bytes:
+    """The dotted target of a CNAME payload object."""
+    return payload.name.name
+
+
+def _follow_chain(groups: dict, qname: bytes, qtype: int, qcls: int, target_of=_object_target) -> tuple[list[bytes], bool]:
     """
     The names of the CNAME chain in an answer section, starting at ``qname``,
     and whether it ended normally (not in a loop, not too long).
+    ``target_of(payload)`` reads a CNAME's target.
     """
     chain = [qname]
     if qtype == dns.CNAME:
@@ -506,7 +617,7 @@ def _follow_chain(groups: dict, qname: bytes, qtype: int, qcls: int) -> tuple[li
         group = groups.get((chain[-1], dns.CNAME, qcls))
         if group is None:
             return chain, True
-        target = normalize_name(group.payloads[0].name.name)
+        target = normalize_name(target_of(group.payloads[0]))
         if target in seen:
             return chain, False
         seen.add(target)
@@ -543,7 +654,9 @@ def _wire_ttl(ttl: int) -> int:
 
 
 def _payload_cost(payload) -> int:
-    """Estimated bytes a record payload holds: the object plus its rdata values."""
+    """Estimated bytes a record payload holds: rdata bytes, or the object plus its rdata values."""
+    if payload.__class__ is bytes:
+        return sys.getsizeof(payload)
     cost = _RECORD_OVERHEAD
     for attr in getattr(payload, "compareAttributes", ()):
         cost += _value_cost(getattr(payload, attr, None))

@@ -57,6 +57,7 @@ from dnsgo.cache import shared_format as fmt
 from dnsgo.cache.rrset import LearnedRRset, Rank, learn_from_reply, normalize_name
 from dnsgo.cache.shared_format import Entry, Kind
 from dnsgo.cache.signing import Signer
+from dnsgo.dns.names import dotted_to_wire
 
 #: How far ahead of the reader's clock a value's stored-at time may be
 #: (clock differences between sites); a later one is rejected.
@@ -331,7 +332,7 @@ class SharedRRsetStore:
                     if ttl <= 0:
                         continue
                     key = fmt.rrset_key(prefix, item.name, item.type, item.cls)
-                    headers = [dns.RRHeader(item.owner, item.type, item.cls, ttl, p) for p in item.payloads]
+                    headers = [_value_record(item.owner, item.type, item.cls, ttl, p) for p in item.payloads]
                     value = fmt.encode_value(Kind.RRSET, now, ttl, item.rank, headers, key=key, signer=self._signer)
                 else:
                     ttl = min(item.ttl, self._negative_ttl)
@@ -446,3 +447,10 @@ def _flushed(name: bytes, type: int | None, target: bytes | None, flush_type: in
         if not subtree or (target and not name.endswith(b"." + target)):
             return False
     return flush_type is None or type is None or type == flush_type
+
+
+def _value_record(owner: bytes, type: int, cls: int, ttl: int, payload):
+    """A record to encode: rdata bytes as they came off the wire, or a payload object in an RRHeader."""
+    if payload.__class__ is bytes:
+        return fmt.ValueRecord(dotted_to_wire(owner), type, cls, payload)
+    return dns.RRHeader(owner, type, cls, ttl, payload)

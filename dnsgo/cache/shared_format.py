@@ -49,13 +49,15 @@ import enum
 import io
 import struct
 import zlib
-from types import MappingProxyType
+
+from typing import NamedTuple
 
 import attrs
 from twisted.names import dns
 
 from dnsgo.cache.rrset import Rank, normalize_name
 from dnsgo.cache.signing import MAC_SIZE, Signer
+from dnsgo.dns.records import RECORD_CLASSES
 
 MAGIC = b"DG"
 VERSION = 2
@@ -78,10 +80,6 @@ _CRC = struct.Struct("!I")
 _RR_FIXED = struct.Struct("!HHIH")
 _RDLENGTH = struct.Struct("!H")
 
-#: The record class of each type twisted.names can decode; any other is ``UnknownRecord``.
-_RECORD_CLASSES = MappingProxyType(
-    {cls.TYPE: cls for attr, cls in vars(dns).items() if attr.startswith("Record_") and isinstance(getattr(cls, "TYPE", None), int)}
-)
 
 #: Bytes kept as they are in a key's owner; every other byte is escaped.
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_.")
@@ -243,10 +241,20 @@ def _glob_escape(text: bytes) -> bytes:
 # -- values --------------------------------------------------------------
 
 
+class ValueRecord(NamedTuple):
+    """A record to write in a value as it came off the wire: owner (uncompressed wire format), type, class, rdata bytes."""
+
+    owner: bytes
+    type: int
+    cls: int
+    payload: bytes
+
+
 def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records, *, key: bytes = b"", signer: Signer | None = None) -> bytes:
     """
-    The value bytes of an entry: ``records`` (``dns.RRHeader`` objects, each
-    written with ``ttl``) stored at ``stored_at`` (seconds since the epoch),
+    The value bytes of an entry: ``records`` (``dns.RRHeader`` objects, or
+    :class:`ValueRecord` tuples whose payload is uncompressed rdata bytes,
+    each written with ``ttl``) stored at ``stored_at`` (seconds since the epoch),
     signed for ``key`` when a ``signer`` is given.  Raises ``ValueError``
     for what the format cannot hold, :class:`TooLarge` for what is over
     its bounds.
@@ -262,10 +270,17 @@ def encode_value(kind: Kind, stored_at: float, ttl: int, rank: Rank, records, *,
     body = io.BytesIO()
     body.write(_HEADER.pack(MAGIC, VERSION, kind, flags, max(0, round(stored_at * 1000)), ttl, rank, len(records)))
     for rr in records:
-        rr.name.encode(body, None)
+        if isinstance(rr, ValueRecord):
+            body.write(rr.owner)
+        else:
+            rr.name.encode(body, None)
         body.write(_RR_FIXED.pack(rr.type, rr.cls, ttl, 0))
         start = body.tell()
-        rr.payload.encode(body, None)
+        payload = rr.payload
+        if payload.__class__ is bytes:
+            body.write(payload)
+        else:
+            payload.encode(body, None)
         end = body.tell()
         if end - start >= 2**16:
             raise ValueError(f"rdata too long: {end - start} bytes")
@@ -324,7 +339,7 @@ def _decode(data: bytes) -> Entry | None:
         rr = dns.RRHeader()
         rr.decode(stream)
         start = stream.tell()
-        rr.payload = _RECORD_CLASSES.get(rr.type, dns.UnknownRecord)(ttl=rr.ttl)
+        rr.payload = RECORD_CLASSES.get(rr.type, dns.UnknownRecord)(ttl=rr.ttl)
         rr.payload.decode(stream, rr.rdlength)
         if stream.tell() != start + rr.rdlength:
             return None

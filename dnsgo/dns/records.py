@@ -10,8 +10,12 @@ twisted.names would read such a label as two, so such replies fill no cache.
 """
 from __future__ import annotations
 
+import io
 import struct
+from types import MappingProxyType
 from typing import NamedTuple
+
+from twisted.names import dns
 
 from dnsgo.dns.wire import TYPE_OPT, label_has_dot, read_name
 
@@ -34,6 +38,13 @@ RDATA_NAMES = {
 }
 
 ANSWER, AUTHORITY, ADDITIONAL = 0, 1, 2
+
+#: The twisted.names record class of each type it can decode; any other is ``UnknownRecord``.
+RECORD_CLASSES = MappingProxyType(
+    {cls.TYPE: cls for attr, cls in vars(dns).items() if attr.startswith("Record_") and isinstance(getattr(cls, "TYPE", None), int)}
+)
+
+_U32 = struct.Struct("!I")
 
 
 class WireRecord(NamedTuple):
@@ -187,3 +198,33 @@ def has_dotted_label(msg: bytes) -> bool:
                     raise ValueError("rdata shorter than its names")
         pos = end
     return False
+
+
+def decode_rdata(rtype: int, ttl: int, rdata: bytes):
+    """The twisted.names payload (``dns.Record_*``) of uncompressed ``rdata`` of ``rtype``; ValueError if it does not decode whole."""
+    payload = RECORD_CLASSES.get(rtype, dns.UnknownRecord)(ttl=ttl)
+    stream = io.BytesIO(rdata)
+    try:
+        payload.decode(stream, len(rdata))
+    except Exception as e:
+        raise ValueError(f"rdata of type {rtype} does not decode: {e}") from None
+    if stream.tell() != len(rdata):
+        raise ValueError(f"rdata of type {rtype} has {len(rdata) - stream.tell()} bytes too many")
+    return payload
+
+
+def rdata_name(rdata: bytes) -> bytes:
+    """The name an uncompressed CNAME, DNAME, NS or PTR rdata holds (wire format)."""
+    return rdata[: _name_length(rdata, 0)]
+
+
+def soa_minimum(rdata: bytes) -> int:
+    """The MINIMUM field of an uncompressed SOA rdata (its last four bytes)."""
+    return _U32.unpack_from(rdata, len(rdata) - 4)[0]
+
+
+def _name_length(data: bytes, pos: int) -> int:
+    start = pos
+    while data[pos]:
+        pos += data[pos] + 1
+    return pos + 1 - start

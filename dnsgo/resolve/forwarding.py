@@ -19,8 +19,9 @@ class ForwardingResolver(common.ResolverBase):
     The last resolver of the chain: forwards the question to the upstream
     pool, which picks servers by the L3 infrastructure cache.
 
-    ``on_reply(query, message)`` is called with every upstream reply (the
-    L2 cache fills itself from it); the message is shared and read-only.
+    ``on_reply(query, reply)`` is called with every upstream reply, read
+    from its bytes (:func:`dnsgo.dns.records.read_reply`), unless a name in
+    it has a dotted label: the L2 cache fills itself from it.
     With ``failures`` (a :class:`~dnsgo.upstream.failures.FailureCache`), a
     question that timed out or got SERVFAIL fails again at once for a few
     seconds instead of going upstream (RFC 9520).
@@ -57,9 +58,10 @@ class ForwardingResolver(common.ResolverBase):
         return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
 
     def _answered(self, reply, query):
-        verbatim = query.dotted or records.has_dotted_label(reply.wire)
+        read = records.read_reply(reply.wire)
+        verbatim = query.dotted or read.dotted
         if self._on_reply is not None and not verbatim:
-            self._on_reply(query, reply.message)
+            self._on_reply(query, read)
         if reply.message.rCode == dns.ESERVER and self._failures is not None:
             self._failures.failed(self._failure_key(query))
         if verbatim:

@@ -31,7 +31,8 @@ from twisted.logger import Logger
 from twisted.names import common, dns
 from zope.interface import implementer
 
-from dnsgo.cache.rrset import RRsetCache
+from dnsgo.cache.rrset import RRsetCache, learn_from_wire
+from dnsgo.dns.records import ReadReply
 from dnsgo.resolve.l2 import (
     Alias,
     Negative,
@@ -39,7 +40,6 @@ from dnsgo.resolve.l2 import (
     answerable,
     assemble,
     cacheable,
-    learn_from_message,
     local_step,
     result_to_deferred,
 )
@@ -162,9 +162,9 @@ class _Asked:
         self.shared = False
 
 
-def fill_hybrid(local: RRsetCache, shared: SharedRRsetStore) -> Callable[[dns.Query, dns.Message], None]:
+def fill_hybrid(local: RRsetCache, shared: SharedRRsetStore) -> Callable[[dns.Query, ReadReply], None]:
     """
-    A callable ``(query, message)`` for ``ForwardingResolver(pool,
+    A callable ``(query, reply)`` for ``ForwardingResolver(pool,
     on_reply=...)`` in mode ``hybrid``: stores an upstream reply in the
     local cache and queues its answer-rank entries for Redis.  Same rules
     as :func:`~dnsgo.resolve.l2.fill_from_reply` (no truncated
@@ -183,11 +183,11 @@ class _HybridFiller:
         self._shared = shared
         self._failure_logged = False
 
-    def __call__(self, query, message: dns.Message) -> None:
+    def __call__(self, query, reply: ReadReply) -> None:
         try:
-            if not cacheable(query, message):
+            if not cacheable(query, reply):
                 return
-            learned = learn_from_message(query, message)
+            learned = learn_from_wire(query, reply)
         except Exception:
             self._failed()
             return

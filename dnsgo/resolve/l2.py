@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.names import common, dns, error
 from zope.interface import implementer
 
-from dnsgo.cache.rrset import RRSIG, RRsetCache, learn_from_reply
+from dnsgo.cache.rrset import RRSIG, RRsetCache, learn_from_wire
+from dnsgo.dns.records import ReadReply
 from dnsgo.resolve.chain import FinalAnswer
 
 #: The longest CNAME chain assembled from cached pieces.
@@ -222,9 +223,10 @@ class _Assembly:
         return _GO_ON
 
 
-def fill_from_reply(cache: RRsetCache) -> Callable[[dns.Query, dns.Message], None]:
+def fill_from_reply(cache: RRsetCache) -> Callable[[dns.Query, ReadReply], None]:
     """
-    A callable ``(query, message)`` that stores an upstream reply in
+    A callable ``(query, reply)`` that stores an upstream reply (its records
+    as read from its bytes, :func:`dnsgo.dns.records.read_reply`) in
     ``cache``, for ``ForwardingResolver(pool, on_reply=...)``.
 
     It never raises.  A truncated reply is not complete and is not stored;
@@ -243,18 +245,17 @@ class _ReplyFiller:
         self._cache = cache
         self._failure_logged = False
 
-    def __call__(self, query, message: dns.Message) -> None:
+    def __call__(self, query, reply: ReadReply) -> None:
         try:
-            if cacheable(query, message):
-                additional = [rr for rr in message.additional if rr.type != dns.OPT]
-                self._cache.store_reply(query, message.rCode, message.answers, message.authority, additional)
+            if cacheable(query, reply):
+                self._cache.store_learned(learn_from_wire(query, reply))
         except Exception:
             if not self._failure_logged:
                 self._failure_logged = True
                 self.log.failure("filling the L2 cache failed (logged once)")
 
 
-def cacheable(query, message: dns.Message) -> bool:
+def cacheable(query, reply: ReadReply) -> bool:
     """
     Whether an upstream reply may fill L2 at all: not when truncated (it is
     not complete), nor the reply to a CD query (the upstream did not
@@ -263,10 +264,9 @@ def cacheable(query, message: dns.Message) -> bool:
     such a name anywhere never reaches the fillers: see
     :class:`dnsgo.resolve.forwarding.ForwardingResolver`.)
     """
-    return not message.trunc and not getattr(query, "checking_disabled", False) and not getattr(query, "dotted", False)
-
-
-def learn_from_message(query, message: dns.Message) -> list:
-    """:func:`~dnsgo.cache.rrset.learn_from_reply` for a whole reply message (its OPT record left out)."""
-    additional = [rr for rr in message.additional if rr.type != dns.OPT]
-    return learn_from_reply(query, message.rCode, message.answers, message.authority, additional)
+    return (
+        not reply.truncated
+        and not reply.dotted
+        and not getattr(query, "checking_disabled", False)
+        and not getattr(query, "dotted", False)
+    )

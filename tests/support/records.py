@@ -5,6 +5,8 @@ tests: short builders, and a resolver that records the queries reaching it.
 from twisted.internet import defer
 from twisted.names import dns
 
+from dnsgo.dns.records import read_reply
+
 #: The zone the builders default to.
 ZONE = b"example.com"
 
@@ -58,7 +60,13 @@ class FakeResolver:
 
 
 def reply_message(answers=(), authority=(), additional=(), rcode=dns.OK, trunc=False):
-    """An upstream reply message as the forwarder hands it over."""
+    """
+    An upstream reply as the forwarder hands it to the caches: encoded by
+    twisted.names (with a placeholder question; the fillers learn for the
+    question asked) and read back from its bytes.
+    """
     message = dns.Message(id=1, answer=1, rCode=rcode, trunc=trunc)
+    message.maxSize = 0  # twisted.names would cut the message at 512 bytes
+    message.queries = [dns.Query(b"question.invalid", dns.A, dns.IN)]
     message.answers, message.authority, message.additional = list(answers), list(authority), list(additional)
-    return message
+    return read_reply(message.toStr())

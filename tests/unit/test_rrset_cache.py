@@ -3,17 +3,20 @@ Tests for L{dnsgo.cache.rrset} (the L2 RRset cache) and
 L{dnsgo.resolve.l2} (its resolver and the glue that fills it).
 """
 import gc
+import io
 import tracemalloc
 
 from twisted.internet.task import Clock
 from twisted.names import dns, error
 from twisted.trial.unittest import SynchronousTestCase
 
-from dnsgo.cache.rrset import RRSIG, Rank, RRsetCache
+from dnsgo.cache.rrset import RRSIG, LearnedRRset, Rank, RRsetCache, learn_from_wire
 from dnsgo.resolve.l2 import MAX_CNAME_HOPS, RRsetResolver, fill_from_reply
 from dnsgo.cache.stats import CacheStats
 from dnsgo.resolve.query import FlaggedQuery
 from dnsgo.resolve.chain import Chain, FinalAnswer
+from dnsgo.dns import wire
+from dnsgo.dns.records import read_reply
 from tests.support.records import ZONE, FakeResolver, a, aaaa, addresses, cname, ns, reply_message, soa, ttls
 
 
@@ -486,6 +489,10 @@ class BrokenCache(RRsetCache):
         """Fail."""
         raise ZeroDivisionError("boom")
 
+    def store_learned(self, *args, **kwargs):
+        """Fail."""
+        raise ZeroDivisionError("boom")
+
     def store_reply(self, *args, **kwargs):
         """Fail."""
         raise ZeroDivisionError("boom")
@@ -691,15 +698,15 @@ class FillTests(SynchronousTestCase):
     """fill_from_reply, the forwarder's hook into the cache."""
 
     def test_fills(self):
-        """A reply decoded from the wire is stored, its OPT record dropped."""
+        """A reply read from the wire is stored, its OPT record dropped."""
         cache, _ = make()
-        message = reply_message([a(b"www.example.com", "192.0.2.1")])
-        message.additional.append(dns._OPTHeader(udpPayloadSize=1232))
+        message = dns.Message(id=1, answer=1)
         message.queries = [dns.Query(b"www.example.com")]
-        decoded = dns.Message()
-        decoded.fromStr(message.toStr())
-        self.assertIn(dns.OPT, [rr.type for rr in decoded.additional])
-        fill_from_reply(cache)(FlaggedQuery.from_name(b"www.example.com"), decoded)
+        message.answers = [a(b"www.example.com", "192.0.2.1")]
+        message.additional = [dns._OPTHeader(udpPayloadSize=1232)]
+        data = message.toStr()
+        self.assertEqual(wire.scan_response(data).opt_offset is not None, True)
+        fill_from_reply(cache)(FlaggedQuery.from_name(b"www.example.com"), read_reply(data))
         self.assertEqual(addresses(cache.get(b"www.example.com", dns.A)), ["192.0.2.1"])
         self.assertEqual(cache.stats().entries, 1)
 
@@ -728,3 +735,66 @@ class FillTests(SynchronousTestCase):
         for _ in range(2):
             fill(dns.Query(b"www.example.com"), reply_message([a(b"www.example.com", "192.0.2.1")]))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class WireLearningTests(SynchronousTestCase):
+    """learn_from_wire (the miss path's, from a reply's bytes) and learn_from_reply (from objects) agree."""
+
+    REPLIES = [
+        dict(answers=[cname(b"www.example.com", b"web.example.net"), a(b"web.example.net", "192.0.2.7")],
+             authority=[ns(ZONE, b"ns1.example.com")], additional=[a(b"ns1.example.com", "192.0.2.53")]),
+        dict(answers=[a(b"www.example.com", "192.0.2.1", 30), a(b"www.example.com", "192.0.2.2", 60)]),
+        dict(rcode=dns.ENAME, authority=[soa(ttl=3600, minimum=900)]),
+        dict(authority=[soa(ttl=100, minimum=900)]),
+        dict(answers=[cname(b"www.example.com", b"gone.example.com")], rcode=dns.ENAME, authority=[soa()]),
+    ]
+
+    def test_same_as_objects(self):
+        """For each reply the two learn the same entries, and the caches they fill answer the same."""
+        query = dns.Query(b"www.example.com", dns.A)
+        for reply in self.REPLIES:
+            by_objects, _ = make()
+            by_wire, _ = make()
+            store(by_objects, b"www.example.com", **reply)
+            by_wire.store_learned(learn_from_wire(query, reply_message(**reply)))
+            self.assertEqual(by_wire.stats().entries, by_objects.stats().entries, reply)
+            for name, qtype in ((b"www.example.com", dns.A), (b"www.example.com", dns.CNAME), (ZONE, dns.NS),
+                                (b"ns1.example.com", dns.A), (b"web.example.net", dns.A)):
+                for rank in (Rank.ANSWER, Rank.ADDITIONAL):
+                    self.assertEqual(canonical(by_wire.get(name, qtype, min_rank=rank)),
+                                     canonical(by_objects.get(name, qtype, min_rank=rank)), (reply, name, qtype, rank))
+            wire_negative = by_wire.get_negative(b"www.example.com", dns.A)
+            objects_negative = by_objects.get_negative(b"www.example.com", dns.A)
+            self.assertEqual(wire_negative and (wire_negative[0], canonical([wire_negative[1]])),
+                             objects_negative and (objects_negative[0], canonical([objects_negative[1]])))
+
+    def test_decoded_once_on_first_read(self):
+        """Rdata kept as bytes is decoded on the first read, and the entry's cost follows."""
+        cache, _ = make()
+        cache.store_learned(learn_from_wire(dns.Query(b"www.example.com"), reply_message([a(b"www.example.com", "192.0.2.1")])))
+        before = cache.stats().size_bytes
+        first = cache.get(b"www.example.com", dns.A)
+        after = cache.stats().size_bytes
+        self.assertEqual(addresses(first), ["192.0.2.1"])
+        self.assertNotEqual(before, after)
+        self.assertIs(cache.get(b"www.example.com", dns.A)[0].payload, first[0].payload)
+        self.assertEqual(cache.stats().size_bytes, after)
+
+    def test_undecodable_rdata_is_dropped(self):
+        """An RRset whose rdata does not decode is a miss and leaves the cache."""
+        cache, _ = make()
+        cache.store_learned([LearnedRRset(b"www.example.com", dns.A, dns.IN, b"www.example.com", (b"\x01\x02",), 300, Rank.ANSWER)])
+        self.assertIsNone(cache.get(b"www.example.com", dns.A))
+        self.assertEqual(cache.stats().entries, 0)
+
+
+def canonical(records):
+    """RRHeaders as (owner, type, class, TTL, rdata bytes): payload objects compare with their own ttl attribute."""
+    if records is None:
+        return None
+    out = []
+    for rr in records:
+        rdata = io.BytesIO()
+        rr.payload.encode(rdata, None)
+        out.append((rr.name.name, rr.type, rr.cls, rr.ttl, rdata.getvalue()))
+    return out

@@ -11,6 +11,7 @@ from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
 from dnsgo.cache import shared_format as fmt
+from dnsgo.dns.records import RECORD_CLASSES
 from dnsgo.cache.rrset import Rank
 from dnsgo.cache.shared_format import Entry, Kind, KeyInfo
 from tests.support.fake_redis import glob_to_regex
@@ -25,7 +26,7 @@ u32 = st.integers(0, 2**32 - 1)
 i32 = st.integers(0, 2**31 - 1)
 ttls = st.integers(1, 2**31 - 1)
 #: Type codes twisted.names decodes as UnknownRecord.
-unknown_types = st.integers(100, 65000).filter(lambda t: t not in fmt._RECORD_CLASSES)
+unknown_types = st.integers(100, 65000).filter(lambda t: t not in RECORD_CLASSES)
 
 
 def payloads(ttl):

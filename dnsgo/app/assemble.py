@@ -172,7 +172,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     else:
         l2 = RRsetResolver(caches.rrsets)
         on_reply = fill_from_reply(caches.rrsets)
-    forwarder = ForwardingResolver(pool, on_reply=on_reply, failures=caches.failures)
+    forwarder = ForwardingResolver(pool, on_reply=on_reply, failures=caches.failures, relay=True)
     handler = QueryHandler(
         Chain([l2, forwarder]),
         ClientFilter(config.server.allow),

@@ -817,3 +817,54 @@ def bound_ttls(msg: bytes, layout: ResponseLayout, max_ttl: int) -> bytes:
     if all(_U32.unpack_from(msg, offset)[0] == ttl for offset, ttl in zip(offsets, bounded)):
         return msg
     return render_ttls(msg, offsets, bounded, 0)
+
+
+_TYPE_SOA = 6
+_TYPE_CNAME = 5
+_AA_AD = 0x0400 | 0x0020
+
+
+def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int) -> bytes:
+    """
+    The body (no OPT) of the reply to ``query`` built from an upstream's
+    ``reply`` bytes, nothing decoded: ``query``'s ID, RD, CD and question
+    bytes, RA set, AA and AD clear (dnsgo is no authority and does not validate),
+    the sections as the upstream sent them, every TTL at most ``max_ttl``
+    (one with the top bit set as 0, RFC 2181 §8) and, for NXDOMAIN and
+    NODATA, the SOA's TTL at most min(SOA MINIMUM, ``negative_cap``)
+    (RFC 2308), so the client and the caches agree.  ``reply`` must answer
+    ``query``'s question (the upstream pool checked it); raises ValueError
+    where its bytes do not hold together.
+    """
+    layout = scan_response(reply)
+    if layout.opt_offset is not None:
+        last = layout.opt_offset + layout.opt_length == len(reply)
+        reply = strip_opt(reply, layout)
+        if not last:
+            layout = scan_response(reply)
+    flags = (_U16.unpack_from(reply, 2)[0] & ~(_RD_CD | _AA_AD)) | (query.flags & _RD_CD) | _RA
+    question = query.question
+    if 12 + len(question) != layout.question_end:
+        raise ValueError("the reply's question is not the query's")
+    body = b"".join((_ID_FLAGS.pack(query.id, flags), reply[4:12], question, reply[layout.question_end :]))
+    offsets = layout.ttl_offsets
+    ttls = list(layout.orig_ttls)
+    rcode = flags & 0xF
+    first_authority = layout.ancount
+    if rcode == NXDOMAIN or (rcode == NOERROR and all(
+        _U16.unpack_from(body, offset - 4)[0] == _TYPE_CNAME for offset in offsets[:first_authority]
+    )):
+        for index in range(first_authority, first_authority + layout.nscount):
+            offset = offsets[index]
+            if _U16.unpack_from(body, offset - 4)[0] != _TYPE_SOA:
+                continue
+            rdlength = _U16.unpack_from(body, offset + 4)[0]
+            if rdlength < 22:
+                raise ValueError("SOA rdata too short")
+            minimum = _U32.unpack_from(body, offset + 6 + rdlength - 4)[0]
+            ttls[index] = min(ttls[index], minimum, negative_cap)
+    wire_ttls = [_U32.unpack_from(body, offset)[0] for offset in offsets]
+    ttls = [ttl if ttl <= max_ttl else max_ttl for ttl in ttls]
+    if ttls == wire_ttls:
+        return body
+    return render_ttls(body, offsets, ttls, 0)

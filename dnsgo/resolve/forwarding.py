@@ -25,13 +25,20 @@ class ForwardingResolver(common.ResolverBase):
     With ``failures`` (a :class:`~dnsgo.upstream.failures.FailureCache`), a
     question that timed out or got SERVFAIL fails again at once for a few
     seconds instead of going upstream (RFC 9520).
+
+    With ``relay``, the resolver answers with the upstream's reply itself
+    (the pool's ``UpstreamReply``: its bytes), not with decoded sections:
+    the query handler builds the client's reply from those bytes
+    (:func:`dnsgo.dns.wire.relay_body`) and nothing is decoded for it.
+    Without it, it is a plain ``IResolver``.
     """
 
-    def __init__(self, pool, on_reply=None, failures=None) -> None:
+    def __init__(self, pool, on_reply=None, failures=None, *, relay: bool = False) -> None:
         common.ResolverBase.__init__(self)
         self._pool = pool
         self._on_reply = on_reply
         self._failures = failures
+        self._relay = relay
 
     def query(self, query, timeout=None):
         """Forward ``query`` (a ``FlaggedQuery`` or plain ``dns.Query``)."""
@@ -58,14 +65,17 @@ class ForwardingResolver(common.ResolverBase):
         return (query.qname_wire.lower(), query.type, query.cls, query.dnssec_ok, query.checking_disabled)
 
     def _answered(self, reply, query):
-        read = records.read_reply(reply.wire)
-        verbatim = query.dotted or read.dotted
-        if self._on_reply is not None and not verbatim:
-            self._on_reply(query, read)
-        if reply.message.rCode == dns.ESERVER and self._failures is not None:
+        data = reply.wire
+        if self._on_reply is not None and not query.dotted:
+            read = records.read_reply(data)
+            if not read.dotted:
+                self._on_reply(query, read)
+        if data[3] & 0xF == dns.ESERVER and self._failures is not None:
             self._failures.failed(self._failure_key(query))
-        if verbatim:
-            raise VerbatimReply(reply.wire)
+        if self._relay:
+            return reply
+        if query.dotted or records.has_dotted_label(data):
+            raise VerbatimReply(data)
         return message_to_result(reply.message)
 
     def _timed_out(self, failure, key):

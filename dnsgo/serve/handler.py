@@ -2,9 +2,11 @@
 One query in, one reply out: the part shared by the UDP and TCP listeners.
 
 The hot path works on bytes (:mod:`dnsgo.dns.wire`) and the L1 message cache.
-Only a miss builds twisted.names objects, asks the resolver chain, encodes
-a reply and writes it to L1.  Serve-stale (RFC 8767) and prefetch hang off
-the miss path too.
+A miss asks the resolver chain: an answer L2 assembles from its RRsets is
+encoded from twisted.names objects; an upstream's reply (from a relaying
+forwarder) is passed on as bytes (:func:`dnsgo.dns.wire.relay_body`).
+Either is written to L1.  Serve-stale (RFC 8767) and prefetch hang off the
+miss path too.
 """
 from collections import Counter
 from time import perf_counter
@@ -19,6 +21,7 @@ from dnsgo.resolve.query import FlaggedQuery
 from dnsgo.resolve.chain import FinalAnswer, VerbatimReply
 from dnsgo.serve.reply import encode_reply
 from dnsgo.serve.stats import QueryStats
+from dnsgo.upstream.pool import UpstreamReply
 
 #: Zone transfers are an authoritative server's business.
 _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
@@ -27,10 +30,6 @@ TCP_LIMIT = 65535
 
 #: How many distinct parsed queries the handler remembers (about 300 bytes each).
 _PARSED_LIMIT = 16384
-
-#: Header bits a relayed upstream reply does not keep: AA (dnsgo is no
-#: authority) and AD (dnsgo does not validate), as :func:`encode_reply` does.
-_NOT_RELAYED_FLAGS = 0x0400 | 0x0020
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")
@@ -187,6 +186,10 @@ class QueryHandler:
         return d
 
     def _answered(self, result, q: wire.QueryInfo):
+        if result.__class__ is UpstreamReply:
+            # A relaying forwarder's answer: the upstream's bytes, passed on.
+            body = wire.relay_body(result.wire, q, self._max_ttl, self._negative_ttl)
+            return body, body[3] & 0xF == wire.SERVFAIL
         answers, authority, additional = result
         authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
         return encode_reply(q, dns.OK, answers, authority, additional, self._max_ttl), False
@@ -198,7 +201,8 @@ class QueryHandler:
             body = encode_reply(q, f.rcode, f.answers, authority, f.additional, self._max_ttl)
             return body, f.rcode == dns.ESERVER
         if failure.check(VerbatimReply):
-            return self._relay(failure.value.reply, q), failure.value.reply[3] & 0xF == dns.ESERVER
+            body = wire.relay_body(failure.value.reply, q, self._max_ttl, self._negative_ttl)
+            return body, body[3] & 0xF == wire.SERVFAIL
         if not failure.check(defer.TimeoutError):
             self.log.failure(
                 "resolving {name} {qtype} failed",
@@ -209,20 +213,6 @@ class QueryHandler:
         self.counters["servfail"] += 1
         return encode_reply(q, dns.ESERVER, (), (), ()), True
 
-    def _relay(self, reply: bytes, q: wire.QueryInfo) -> bytes:
-        """
-        An upstream reply as the body of the reply to ``q``: without its
-        OPT, with ``q``'s ID, RD, CD and question bytes, AA and AD clear,
-        and its TTLs bounded by ``max_ttl``.
-        """
-        layout = wire.scan_response(reply)
-        if layout.opt_offset is not None:
-            reply = wire.strip_opt(reply, layout)
-            layout = wire.scan_response(reply)
-        body = wire.patch_header(reply, q)
-        flags = ((body[2] << 8) | body[3]) & ~_NOT_RELAYED_FLAGS
-        body = body[:2] + bytes((flags >> 8, flags & 0xFF)) + body[4:]
-        return wire.bound_ttls(body, layout, self._max_ttl)
 
     def _remember(self, outcome, q: wire.QueryInfo):
         """Write a miss-path reply to L1 (the cache decides what it keeps)."""

@@ -16,6 +16,7 @@ import dns.name
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
+import dns.rrset
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from twisted.names import dns as tdns
 from twisted.trial.unittest import SynchronousTestCase
@@ -904,3 +905,58 @@ class DottedLabelTests(SynchronousTestCase):
         struct.pack_into("!I", top, layout.ttl_offsets[0], 2**31 + 5)
         top = bytes(top)
         self.assertEqual(struct.unpack_from("!I", wire.bound_ttls(top, wire.scan_response(top), 100), layout.ttl_offsets[0]), (0,))
+
+
+class RelayBodyTests(SynchronousTestCase):
+    """relay_body: the client's reply built from an upstream's bytes, checked with dnspython."""
+
+    def query(self, name="Www.Example.", rdtype="A", **kw):
+        """A parsed query (0x20 case in the name) and its dnspython form."""
+        message = dns.message.make_query(name, rdtype, id=4242, **kw)
+        return wire.parse_query(message.to_wire()), message
+
+    def upstream(self, message, *, rcode=dns.rcode.NOERROR, answer=(), authority=(), flags=0):
+        """An upstream reply to ``message`` (lowercased question), with EDNS and ``flags`` set."""
+        up = dns.message.make_query(message.question[0].name.to_text().lower(), message.question[0].rdtype, id=9, use_edns=0)
+        reply = dns.message.make_response(up)
+        reply.set_rcode(rcode)
+        reply.flags |= flags
+        for line in answer:
+            reply.answer.append(dns.rrset.from_text(*line))
+        for line in authority:
+            reply.authority.append(dns.rrset.from_text(*line))
+        return reply.to_wire()
+
+    def test_header_and_question_are_the_clients(self):
+        """ID, RD, CD and the question bytes are the query's; RA set; AA and AD cleared; OPT gone."""
+        q, message = self.query()
+        data = self.upstream(message, answer=[("www.example.", 300, "IN", "A", "192.0.2.1")],
+                             flags=dns.flags.AA | dns.flags.AD)
+        out = dns.message.from_wire(wire.relay_body(data, q, 86400, 3600))
+        self.assertEqual(out.id, 4242)
+        self.assertEqual(out.question[0].name.to_text(), "Www.Example.")
+        self.assertTrue(out.flags & dns.flags.RA and out.flags & dns.flags.RD)
+        self.assertFalse(out.flags & (dns.flags.AA | dns.flags.AD))
+        self.assertEqual(out.edns, -1)
+        self.assertEqual(out.answer[0][0].address, "192.0.2.1")
+
+    def test_negative_ttls(self):
+        """NXDOMAIN and NODATA: the SOA's TTL becomes min(TTL, MINIMUM, cap); a positive answer's SOA is left."""
+        soa = ("example.", 3600, "IN", "SOA", "ns.example. h.example. 1 7200 3600 1209600 300")
+        for rcode, answer in ((dns.rcode.NXDOMAIN, ()), (dns.rcode.NOERROR, ()),
+                              (dns.rcode.NOERROR, [("www.example.", 60, "IN", "CNAME", "gone.example.")])):
+            q, message = self.query()
+            out = dns.message.from_wire(wire.relay_body(self.upstream(message, rcode=rcode, answer=answer, authority=[soa]), q, 86400, 100))
+            self.assertEqual(out.authority[0].ttl, 100, (rcode, answer))
+            out = dns.message.from_wire(wire.relay_body(self.upstream(message, rcode=rcode, answer=answer, authority=[soa]), q, 86400, 3600))
+            self.assertEqual(out.authority[0].ttl, 300, (rcode, answer))
+        q, message = self.query()
+        positive = self.upstream(message, answer=[("www.example.", 60, "IN", "A", "192.0.2.1")], authority=[soa])
+        self.assertEqual(dns.message.from_wire(wire.relay_body(positive, q, 86400, 100)).authority[0].ttl, 3600)
+
+    def test_other_question_refused(self):
+        """A reply whose question has another length is refused, not patched."""
+        q, _ = self.query("www.example.")
+        _, other = self.query("longer.www.example.")
+        with self.assertRaises(ValueError):
+            wire.relay_body(self.upstream(other), q, 86400, 3600)

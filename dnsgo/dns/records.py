@@ -39,6 +39,9 @@ RDATA_NAMES = {
 
 ANSWER, AUTHORITY, ADDITIONAL = 0, 1, 2
 
+#: The rdata length of the types whose rdata has one size (A, AAAA).
+_FIXED_SIZES = {1: 4, 28: 16}
+
 #: The twisted.names record class of each type it can decode; any other is ``UnknownRecord``.
 RECORD_CLASSES = MappingProxyType(
     {cls.TYPE: cls for attr, cls in vars(dns).items() if attr.startswith("Record_") and isinstance(getattr(cls, "TYPE", None), int)}
@@ -77,7 +80,8 @@ class ReadReply(NamedTuple):
 
 def read_reply(msg: bytes) -> ReadReply:
     """
-    The question and every record but the OPT of a reply with one question.
+    The question (empty for a reply without one) and every record but the
+    OPT of a reply with at most one question.
     Meant for replies :func:`dnsgo.dns.wire.scan_response` accepted; raises
     ValueError where the bytes do not hold together.
     """
@@ -85,13 +89,16 @@ def read_reply(msg: bytes) -> ReadReply:
     if n < 12:
         raise ValueError("message shorter than a DNS header")
     _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
-    if qdcount != 1:
-        raise ValueError("QDCOUNT is not 1")
-    qname, pos = read_name(msg, 12)
-    if pos + 4 > n:
-        raise ValueError("truncated question")
-    qtype, qclass = _U16X2.unpack_from(msg, pos)
-    pos += 4
+    if qdcount > 1:
+        raise ValueError("more than one question")
+    if qdcount:
+        qname, pos = read_name(msg, 12)
+        if pos + 4 > n:
+            raise ValueError("truncated question")
+        qtype, qclass = _U16X2.unpack_from(msg, pos)
+        pos += 4
+    else:  # an error reply may leave the question out
+        qname, qtype, qclass, pos = b"", 0, 0, 12
     dotted = label_has_dot(qname)
     records = []
     append = records.append
@@ -111,6 +118,8 @@ def read_reply(msg: bytes) -> ReadReply:
             continue
         steps = RDATA_NAMES.get(rtype)
         if steps is None:
+            if _FIXED_SIZES.get(rtype, rdlength) != rdlength:
+                raise ValueError(f"rdata of type {rtype} has {rdlength} bytes")
             rdata = msg[start:end]
         else:
             rdata, names_dotted = _expand_rdata(msg, start, end, steps)

@@ -837,6 +837,11 @@ def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int) 
     where its bytes do not hold together.
     """
     layout = scan_response(reply)
+    if layout.qdcount == 0:
+        # An error reply without a question (FORMERR from a server that
+        # dislikes EDNS): the client's question goes in.
+        reply = b"".join((reply[:4], b"\x00\x01", reply[6:12], query.question, reply[12:]))
+        layout = scan_response(reply)
     if layout.opt_offset is not None:
         last = layout.opt_offset + layout.opt_length == len(reply)
         reply = strip_opt(reply, layout)

@@ -8,7 +8,6 @@ from twisted.internet.interfaces import IResolver
 from twisted.names import common, dns
 from zope.interface import implementer
 
-from dnsgo.dns import records
 from dnsgo.resolve.chain import RecentFailure, VerbatimReply, message_to_result
 from dnsgo.resolve.query import FlaggedQuery
 
@@ -66,15 +65,14 @@ class ForwardingResolver(common.ResolverBase):
 
     def _answered(self, reply, query):
         data = reply.wire
-        if self._on_reply is not None and not query.dotted:
-            read = records.read_reply(data)
-            if not read.dotted:
-                self._on_reply(query, read)
+        read = reply.read
+        if self._on_reply is not None and not query.dotted and not read.dotted:
+            self._on_reply(query, read)
         if data[3] & 0xF == dns.ESERVER and self._failures is not None:
             self._failures.failed(self._failure_key(query))
         if self._relay:
             return reply
-        if query.dotted or records.has_dotted_label(data):
+        if query.dotted or read.dotted:
             raise VerbatimReply(data)
         return message_to_result(reply.message)
 

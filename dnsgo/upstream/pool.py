@@ -1,89 +1,132 @@
 """
 The forwarding client: sends a question to the upstream servers the L3
-infrastructure cache ranks best, and returns the first usable reply.
+infrastructure cache ranks best, retransmits what is lost, and returns the
+first usable reply.
 
-One call of :meth:`UpstreamPool.query` makes up to ``retries + 1``
-*attempts*.  Each attempt lasts at most ``timeout`` seconds and goes to the
-next server of ``infra.order()`` (taken once, when the query starts, and
-wrapping round), or with ``strategy='parallel'`` to the next
-``parallel_count`` servers at once (the first attempt to
-``infra.best(parallel_count)``), where the first usable reply wins and the
-other exchanges are closed.  **The worst case is therefore
-``timeout * (retries + 1)`` seconds** before the caller sees
-:class:`UpstreamTimeout`.  An attempt ends early when every server in it has
-answered or failed: ICMP port unreachable (``connectionRefused`` on the
-connected UDP socket, or the socket closing under it, which is how the
-epoll reactor reports it) fails a server at once, and an unusable reply
-(SERVFAIL, REFUSED, NOTIMP, FORMERR) moves on to the next attempt
-immediately.  When no usable reply arrives, the last unusable one is
-returned, so the caller still sees REFUSED; only when nothing arrived at all
-does the query fail.
+**The budget.**  One call of :meth:`UpstreamPool.query` lasts at most
+``timeout * (retries + 1)`` seconds (2 s with the defaults), after which the
+caller sees :class:`UpstreamTimeout` (or the last unusable reply, below).
+Within it the pool *transmits* the question again and again, as Unbound
+does:
 
-Spoofing defences (RFC 5452):
+* Each transmission goes to the best server of ``infra.order()``, taken
+  afresh each time, leaving out the servers that already gave this query an
+  unusable reply or refused it (``strategy='parallel'``: to the first
+  ``parallel_count`` of them at once).  When health leaves no server, the
+  down ones are tried too: a query is never failed without a try.
+* It waits ``min(rto, timeout, time left)``.  ``rto`` is the server's
+  retransmission timeout from the infrastructure cache (``srtt + 4 rttvar``
+  clamped to at least 50 ms, 376 ms for a server never measured, doubled
+  by every loss until an answer), and for the k-th loss of this query to
+  that server at least ``2**k`` times the server's RTO without back-off:
+  the query's own exponential back-off, so that answers to other queries,
+  which reset the server's RTO, cannot make a losing query retransmit in a
+  tight loop.
+* A reply that does not come in time is a loss: the infrastructure cache
+  doubles the server's RTO (without touching its srtt) and the next
+  transmission begins at once, to the server now ranked best, which may be
+  the same one.  With one upstream at 0.3 ms (RTO 50 ms), a lost query is
+  sent again after 50, 100, 200, 400 and 800 ms: six transmissions in the
+  default 2 s.  A datagram still waiting when the budget runs out counts as
+  lost only if it waited at least half its wait.
+* After ``tcp_fallback_after`` (3) losses in a row to one server, the next
+  transmission to it is a TCP exchange (RRL's "slip" answers are meant to
+  send clients to TCP, which it does not limit; Unbound also falls back to
+  TCP when UDP keeps failing).  A TCP exchange that gets no answer in
+  ``min(timeout, time left)`` is a loss too, and the query goes on over UDP.
+* ICMP port unreachable, a TCP connection refused or lost, or an unusable
+  reply (SERVFAIL, REFUSED, NOTIMP, FORMERR) ends that server's part in
+  this query at once and the next transmission begins.  When no usable
+  reply arrives, the last unusable one is returned, so the caller still
+  sees REFUSED; only when nothing arrived at all does the query fail.
 
-* a fresh random 16-bit ID (``secrets.randbits``) for every exchange;
-* a fresh UDP socket for every exchange, bound to port 0: Linux picks a
-  random ephemeral port (from ``net.ipv4.ip_local_port_range``) for each
-  bind, so the source port adds about 15 bits of entropy.  The socket is
-  ``connect``-ed to the server, so the kernel drops datagrams from anywhere
-  else and reports ICMP errors; it is closed as soon as the exchange ends;
+**Spoofing defences** (RFC 5452):
+
+* every transmission carries a fresh random 16-bit ID
+  (``secrets.randbits``).  The ID of a transmission that timed out is
+  retired: its late reply is counted (``stats.late``) and ignored, so each
+  server has at most one (source port, ID) pair open for a question at any
+  time, and a retransmission does not give an attacker a second pair to
+  hit.  Each reply is therefore an unambiguous RTT sample (Karn's problem
+  does not arise);
+* the datagrams of one question to one server leave from one socket bound
+  to a random port and ``connect``-ed to the server: by default a fresh
+  socket per (question, server), closed when the question is settled
+  (retransmissions reuse it); with ``socket_pool`` a socket of a small pool
+  per server, renewed after a number of uses or seconds (see
+  :mod:`dnsgo.upstream.sockets` and ``docs/upstream.md`` for the entropy of
+  each mode);
 * a datagram is accepted only if it comes from the queried address and
-  port, has the query's ID, QR=1, and the same question (name compared
-  case-insensitively, type and class).  Replies with no question are
-  accepted only as unusable ones (FORMERR from a server that dislikes EDNS),
-  never as answers.  Anything else, and any reply that is malformed
+  port, has the current transmission's ID, QR=1, and the same question (name
+  compared case-insensitively, type and class).  Replies with no question
+  are accepted only as unusable ones (FORMERR from a server that dislikes
+  EDNS), never as answers.  Anything else, and any reply that is malformed
   (``wire.scan_response`` rejects it: records cut short, bytes after the
   last record, bad compression; or ``dns.Message.fromStr`` fails), is
-  counted in :attr:`UpstreamPool.stats` and ignored; the exchange keeps
+  counted in :attr:`UpstreamPool.stats` and ignored; the transmission keeps
   waiting.
 
 A reply with TC=1 is asked again over TCP (RFC 7766 framing) from the same
-server, with a new ID, inside the same attempt's deadline.
+server, with a new ID; the TCP leg may take ``min(timeout, time left)``.
 
-Every exchange is reported to the infrastructure cache: ``started``, then
-``succeeded(rtt)`` for a usable reply, ``failed`` for a timeout, refusal,
-lost TCP connection or unusable reply, or ``abandoned`` when the exchange
-is cut short without a verdict (it lost a parallel race, or the caller
-cancelled).  The RTT sample of a TC=1 exchange is the UDP round trip.
+Every transmission is reported to the infrastructure cache: ``started``,
+then ``succeeded(rtt)`` for a usable reply, ``failed`` for a loss (with the
+RTO it waited for), refusal, lost TCP connection or unusable reply, or
+``abandoned`` when it is cut short without a verdict (it lost a parallel
+race, the caller cancelled, or the budget ran out early in its wait).  The
+RTT sample of a TC=1 exchange is the UDP round trip; an answer to a TCP
+fallback is no sample (it ends the back-off all the same).
 
 Identical questions in flight at the same time (same lowercased name, type,
 class, DO and CD) share one upstream query; each caller gets its own
 Deferred, all firing with the same :class:`UpstreamReply`.
 
-An exchange that cannot get a socket because the process (EMFILE) or the
+A transmission that cannot get a socket because the process (EMFILE) or the
 system (ENFILE) is out of descriptors, or the kernel out of buffers, is not
 the server's fault: it is counted in ``stats.no_socket``, logged at most
 once a minute without a traceback, and asks again for a socket after 10 ms,
-doubling up to 100 ms, until the attempt's deadline; then the attempt ends
-as if it had timed out (without a failure on the server's record) and the
-next one begins.  Descriptors come back as other exchanges end, so a short
-shortage delays answers instead of failing them; a lasting one ends in
-:class:`UpstreamTimeout` like dead upstreams.
+doubling up to 100 ms, until its wait is over; then the next transmission
+begins (without a failure on the server's record).  Descriptors come back
+as other exchanges end, so a short shortage delays answers instead of
+failing them; a lasting one ends in :class:`UpstreamTimeout` like dead
+upstreams.
 
-The sockets of an exchange do not log: the UDP port is a quiet ``udp.Port``
-when the reactor is a posix one, and the factory of the TCP leg is not
-``noisy`` (no "Starting factory" / "Stopping factory" per exchange).
+The factory of the TCP leg is not ``noisy`` (no "Starting factory" /
+"Stopping factory" per exchange), and the UDP sockets do not log either.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import secrets
 import struct
 
 import attrs
-from twisted.internet import base, defer, udp
-from twisted.internet.error import CannotListenError, ConnectError
-from twisted.internet.posixbase import PosixReactorBase
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError, ConnectError, ConnectingCancelledError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.protocol import DatagramProtocol, Factory
+from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.protocols.basic import Int16StringReceiver
 from twisted.python import log
 
 from dnsgo.dns import wire
+from dnsgo.dns.records import ReadReply, read_reply
 from dnsgo.upstream.infra import InfraCache, Server
+from dnsgo.upstream.sockets import FreshSockets, SocketPool, SocketPoolSettings
+
+__all__ = [
+    "SocketPoolSettings",
+    "STRATEGIES",
+    "UNUSABLE_RCODES",
+    "UpstreamPool",
+    "UpstreamReply",
+    "UpstreamStats",
+    "UpstreamTimeout",
+    "out_of_descriptors",
+]
 
 #: Reply codes after which the next server is tried.
 UNUSABLE_RCODES = frozenset({dns.EFORMAT, dns.ESERVER, dns.ENOTIMP, dns.EREFUSED})
@@ -94,11 +137,21 @@ _ID = struct.Struct("!H")
 _QR = 0x80
 _TC = 0x02
 
-# Outcomes of one exchange with one server.
+# Outcomes of one transmission (or TCP leg) to one server.
 _USABLE = "usable"
 _UNUSABLE = "unusable"
-_FAILED = "failed"
+_FAILED = "failed"  # refused, unreachable, TCP leg failed: the server is done for this query
+_LOST = "lost"  # no reply within the wait: the server may be asked again
+_NO_SOCKET = "no socket"  # no descriptor within the wait: not the server's fault
 _ABANDONED = "abandoned"
+
+# States of an exchange (one question to one server).
+_IDLE = "idle"  # nothing outstanding: new, or after a loss
+_SOCKET_WAIT = "socket wait"  # a transmission waits for a descriptor
+_UDP = "udp"  # a datagram is out
+_TCP = "tcp"  # the TCP leg after TC=1
+_CLOSED = "closed"  # done with this server for this query
+_BUSY = frozenset({_SOCKET_WAIT, _UDP, _TCP})
 
 #: Opening a socket failed for want of a descriptor or buffer, not because
 #: of the server.
@@ -110,6 +163,9 @@ SOCKET_RETRY_MAX = 0.1
 
 #: At most one log line per this many seconds about missing descriptors.
 NO_SOCKET_LOG_INTERVAL = 60.0
+
+#: Retired IDs an exchange remembers, to tell a late reply from a stray one.
+_RETIRED_IDS = 16
 
 _log = Logger(namespace="dnsgo.upstream.pool")
 
@@ -136,18 +192,28 @@ class UpstreamReply:
     """
     A reply accepted from an upstream server.
 
-    ``message`` is the decoded reply with the OPT pseudo-record removed from
-    ``additional`` (it is hop-by-hop; read it from ``wire`` if needed).  It
-    is shared by every coalesced caller: treat it as read-only.  ``wire`` is
-    the reply exactly as received; ``rtt`` the seconds from sending the
-    query to accepting this reply (for TC=1, including the TCP leg).
+    ``wire`` is the reply exactly as received, ``read`` its question and
+    records read from those bytes once (:func:`dnsgo.dns.records.read_reply`),
+    ``rtt`` the seconds from sending the transmission it answers to
+    accepting this reply (for TC=1, including the TCP leg).  ``message``,
+    the reply decoded by twisted.names without the OPT record (hop-by-hop),
+    is decoded only when asked for: the miss path passes the bytes on and
+    never asks.  Shared by every coalesced caller: treat it as read-only.
     """
 
-    message: dns.Message
     wire: bytes
+    read: ReadReply
     server: Server
     rtt: float
     via_tcp: bool
+
+    @functools.cached_property
+    def message(self) -> dns.Message:
+        """The reply decoded by twisted.names, its OPT record left out."""
+        message = dns.Message()
+        message.fromStr(self.wire)
+        message.additional = [rr for rr in message.additional if rr.type != dns.OPT]
+        return message
 
 
 @attrs.define
@@ -156,21 +222,24 @@ class UpstreamStats:
 
     queries: int = 0  # calls to query()
     coalesced: int = 0  # calls that joined a query already in flight
-    sent: int = 0  # exchanges started (one per server per attempt)
+    sent: int = 0  # transmissions (UDP datagrams sent, one per server per try)
+    retransmits: int = 0  # transmissions to a server this query had already asked
     tcp: int = 0  # exchanges retried over TCP after TC=1
+    tcp_fallback: int = 0  # TCP legs after tcp_fallback_after UDP losses in a row to one server
     answered: int = 0  # usable replies accepted
     unusable: int = 0  # SERVFAIL/REFUSED/NOTIMP/FORMERR replies accepted
-    timeouts: int = 0  # exchanges that reached their deadline
+    timeouts: int = 0  # transmissions (or TCP legs) that got no reply in time
     refused: int = 0  # ICMP port unreachable, failed TCP connections, socket errors
     no_socket: int = 0  # sockets not opened for want of a descriptor (EMFILE/ENFILE): asked again later
     spoofed: int = 0  # messages ignored: wrong source, ID, QR or question
+    late: int = 0  # replies to a transmission that had already timed out, ignored
     malformed: int = 0  # messages ignored: matching header but undecodable
     failed: int = 0  # queries that ended in UpstreamTimeout
 
     @property
     def ignored(self) -> int:
-        """All messages that were dropped, spoofed or malformed."""
-        return self.spoofed + self.malformed
+        """All messages that were dropped: spoofed, late or malformed."""
+        return self.spoofed + self.late + self.malformed
 
 
 @attrs.frozen
@@ -192,7 +261,13 @@ class _Question:
 class UpstreamPool:
     """
     Sends questions to the upstream servers of an :class:`InfraCache`, with
-    retries, failover, TCP fallback, spoofing checks and coalescing.
+    RTO-timed retransmissions, failover, TCP fallback, spoofing checks and
+    coalescing.
+
+    ``socket_pool`` (a :class:`SocketPoolSettings`) sends from a small pool
+    of long-lived sockets per upstream instead of a fresh socket per
+    question and server (the default, ``None``); call :meth:`close` when
+    done with a pool that has one.
     """
 
     def __init__(
@@ -204,6 +279,8 @@ class UpstreamPool:
         strategy: str = "best",
         parallel_count: int = 2,
         udp_size: int = wire.DEFAULT_UDP_SIZE,
+        socket_pool: SocketPoolSettings | None = None,
+        tcp_fallback_after: int | None = 3,
         reactor,
     ):
         if strategy not in STRATEGIES:
@@ -214,28 +291,30 @@ class UpstreamPool:
             raise ValueError("retries must not be negative")
         if parallel_count < 1:
             raise ValueError("parallel_count must be at least 1")
+        if tcp_fallback_after is not None and tcp_fallback_after < 1:
+            raise ValueError("tcp_fallback_after must be at least 1 (or None: never)")
         self._reactor = reactor
         self._infra = infra
         self._timeout = timeout
-        self._retries = retries
+        self._budget = timeout * (retries + 1)
         self._strategy = strategy
         self._parallel_count = parallel_count
         self._udp_size = udp_size
+        self._tcp_fallback_after = tcp_fallback_after
         self._endpoints = {server: _ServerAddress.of(server) for server in infra.servers}
         self._pending: dict[tuple, _Resolution] = {}
         self.stats = UpstreamStats()
         self._no_socket_logged = float("-inf")
-        if isinstance(reactor, PosixReactorBase):
-            self._listen_udp = self._quiet_port
+        size = max(8192, udp_size)
+        if socket_pool is None:
+            self._sockets = FreshSockets(reactor, size)
         else:
-            self._listen_udp = lambda proto, interface, size: reactor.listenUDP(
-                0, proto, interface=interface, maxPacketSize=size
-            )
+            self._sockets = SocketPool(reactor, size, socket_pool, on_stray=self._stray)
 
-    def _quiet_port(self, proto, interface: str, size: int) -> "_QuietPort":
-        port = _QuietPort(0, proto, interface, size, self._reactor)
-        port.startListening()
-        return port
+    @property
+    def budget(self) -> float:
+        """The longest a query can take, in seconds: ``timeout * (retries + 1)``."""
+        return self._budget
 
     def query(
         self, qname: bytes, qtype: int, qclass: int = 1, *, do: bool = False, cd: bool = False
@@ -258,15 +337,23 @@ class UpstreamPool:
             wire.build_query(0, qname, qtype, qclass, cd=cd, do=do, udp_size=self._udp_size)
         except ValueError:
             return defer.fail()
-        resolution = _Resolution(self, question, self._infra.order(), lambda: self._forget(key, resolution))
+        resolution = _Resolution(self, question, lambda: self._forget(key, resolution))
         self._pending[key] = resolution
         waiter = resolution.add_waiter()
         resolution.start()
         return waiter
 
+    def close(self) -> None:
+        """Close the socket pool's sockets, if there is a pool (queries in flight on them fail over)."""
+        self._sockets.close()
+
     def _forget(self, key: tuple, resolution: _Resolution) -> None:
         if self._pending.get(key) is resolution:
             del self._pending[key]
+
+    def _stray(self) -> None:
+        """A datagram on a pooled socket whose ID no exchange sent."""
+        self.stats.spoofed += 1
 
     def _no_socket(self, reason: BaseException) -> None:
         """Count a socket that could not be opened for want of a descriptor; log it now and then."""
@@ -311,19 +398,23 @@ class _ServerAddress:
 
 class _Resolution:
     """
-    One upstream query on behalf of every coalesced caller: runs the
-    attempts in turn and fires the callers' Deferreds.
+    One upstream query on behalf of every coalesced caller: transmits the
+    question try after try until a usable reply or the end of the budget,
+    and fires the callers' Deferreds.
     """
 
-    def __init__(self, pool: UpstreamPool, question: _Question, order: list[Server], on_done):
+    def __init__(self, pool: UpstreamPool, question: _Question, on_done):
         self.pool = pool
         self.question = question
-        self._order = order
+        self.deadline = pool._reactor.seconds() + pool._budget
         self._on_done = on_done
         self._waiters: list[defer.Deferred] = []
-        self._attempts_made = 0
-        self._attempt: _Attempt | None = None
+        self._exchanges: dict[Server, _Exchange] = {}
+        self._excluded: set[Server] = set()
+        self._current: list[_Exchange] = []
+        self._timer = None
         self._last_unusable: UpstreamReply | None = None
+        self._starting = False
         self._done = False
 
     def add_waiter(self) -> defer.Deferred:
@@ -333,45 +424,80 @@ class _Resolution:
         return waiter
 
     def start(self) -> None:
-        """Make the first attempt."""
-        self._next_attempt()
+        """Arm the budget and make the first transmission."""
+        self._timer = self.pool._reactor.callLater(self.pool._budget, self._expire)
+        self._next_try()
 
-    def attempt_done(self, usable: UpstreamReply | None, unusable: UpstreamReply | None) -> None:
-        """An attempt ended with a usable reply, or with none."""
-        self._attempt = None
-        if unusable is not None:
-            self._last_unusable = unusable
-        if usable is not None:
-            self._finish(usable)
-        else:
-            self._next_attempt()
+    def remaining(self) -> float:
+        """Seconds left of the budget."""
+        return self.deadline - self.pool._reactor.seconds()
 
-    def _next_attempt(self) -> None:
+    def settled(self, exchange: _Exchange, outcome: str, reply: UpstreamReply | None) -> None:
+        """An exchange's transmission (or TCP leg) ended; go on when the try is over."""
         if self._done:
             return
-        if self._attempts_made > self.pool._retries or not self._order:
-            if self._last_unusable is not None:
-                self._finish(self._last_unusable)
-            else:
-                self.pool.stats.failed += 1
-                self._finish(None)
+        if outcome == _USABLE:
+            self._finish(reply, timed_out=False)
             return
-        servers = self._servers_for(self._attempts_made)
-        self._attempts_made += 1
-        self._attempt = _Attempt(self, servers)
-        self._attempt.start()
+        if outcome == _UNUSABLE:
+            self._last_unusable = reply
+        if outcome in (_UNUSABLE, _FAILED):
+            self._excluded.add(exchange.server)
+        if not self._starting and not any(e.state in _BUSY for e in self._current):
+            self._next_try()
 
-    def _servers_for(self, index: int) -> list[Server]:
-        order = self._order
-        if self.pool._strategy == "parallel":
-            n = min(self.pool._parallel_count, len(order))
-            return [order[(index * n + i) % len(order)] for i in range(n)]
-        return [order[index % len(order)]]
+    def _next_try(self) -> None:
+        """Transmit to the best server(s) not yet ruled out for this query, or give up."""
+        if self._done:
+            return
+        remaining = self.remaining()
+        if remaining <= 0:
+            self._expire()
+            return
+        pool = self.pool
+        candidates = [s for s in pool._infra.order() if s not in self._excluded]
+        if not candidates:
+            candidates = [s for s in pool._infra.order(all_servers=True) if s not in self._excluded]
+        if not candidates:
+            self._finish(None, timed_out=False)
+            return
+        count = pool._parallel_count if pool._strategy == "parallel" else 1
+        self._current = []
+        for server in candidates[:count]:
+            exchange = self._exchanges.get(server)
+            if exchange is None or exchange.state == _CLOSED:
+                exchange = self._exchanges[server] = _Exchange(self, server)
+            self._current.append(exchange)
+        self._starting = True
+        try:
+            for exchange in self._current:
+                if self._done:
+                    return
+                exchange.transmit(remaining)
+        finally:
+            self._starting = False
+        if not self._done and not any(e.state in _BUSY for e in self._current):
+            self._next_try()
 
-    def _finish(self, reply: UpstreamReply | None) -> None:
+    def _expire(self) -> None:
+        """The budget is spent."""
+        self._timer = None
+        self._finish(None, timed_out=True)
+
+    def _finish(self, reply: UpstreamReply | None, timed_out: bool) -> None:
         if self._done:
             return
         self._done = True
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        for exchange in self._exchanges.values():
+            exchange.stop(_FAILED if timed_out else _ABANDONED)
+        if reply is None:
+            reply = self._last_unusable
+        if reply is None:
+            self.pool.stats.failed += 1
         self._on_done()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
@@ -386,138 +512,113 @@ class _Resolution:
         if not self._waiters and not self._done:
             self._done = True
             self._on_done()
-            if self._attempt is not None:
-                self._attempt.abandon()
-                self._attempt = None
-
-
-class _Attempt:
-    """One round: exchanges with one or more servers under one deadline."""
-
-    def __init__(self, resolution: _Resolution, servers: list[Server]):
-        self.resolution = resolution
-        self.pool = resolution.pool
-        self.deadline = self.pool._reactor.seconds() + self.pool._timeout
-        self._exchanges = [_Exchange(self, server) for server in servers]
-        self._timer = None
-        self._unusable: UpstreamReply | None = None
-        self._done = False
-
-    def start(self) -> None:
-        """Arm the deadline and send to every server of the attempt."""
-        self._timer = self.pool._reactor.callLater(self.pool._timeout, self._expire)
-        for exchange in self._exchanges:
-            if self._done:
-                break
-            exchange.start()
-
-    def exchange_done(self, exchange: _Exchange, outcome: str, reply: UpstreamReply | None) -> None:
-        """One server's exchange ended; end the attempt when it decides it."""
-        if self._done:
-            return
-        if outcome == _USABLE:
-            self._end(reply)
-            return
-        if outcome == _UNUSABLE:
-            self._unusable = reply
-        if all(e.finished for e in self._exchanges):
-            self._end(None)
-
-    def abandon(self) -> None:
-        """Stop everything without a verdict (the callers went away)."""
-        self._done = True
-        self._cancel_timer()
-        for exchange in self._exchanges:
-            exchange.stop(_ABANDONED)
-
-    def _expire(self) -> None:
-        self._timer = None
-        for exchange in self._exchanges:
-            if not exchange.finished and exchange.started and not exchange.waiting_for_socket:
-                self.pool.stats.timeouts += 1
-            exchange.stop(_FAILED)
-        self._end(None)
-
-    def _end(self, usable: UpstreamReply | None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._cancel_timer()
-        for exchange in self._exchanges:
-            exchange.stop(_ABANDONED)
-        self.resolution.attempt_done(usable, self._unusable)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            if self._timer is not None:
+                if self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            for exchange in self._exchanges.values():
+                exchange.stop(_ABANDONED)
 
 
 class _Exchange:
     """
-    The query to one server within an attempt: a UDP datagram on its own
-    connected socket, then TCP if the reply is truncated.
+    The question to one server within a resolution: UDP transmissions on
+    one socket (a new ID each), then TCP if a reply is truncated or after
+    ``tcp_fallback_after`` losses in a row.
     """
 
-    def __init__(self, attempt: _Attempt, server: Server):
-        self.attempt = attempt
-        self.pool = attempt.pool
+    def __init__(self, resolution: _Resolution, server: Server):
+        self.resolution = resolution
+        self.pool = resolution.pool
         self.server = server
         self.address = self.pool._endpoints[server]
-        self.started = False
-        self.finished = False
-        self._port = None
+        self.state = _IDLE
+        self._channel = None
+        self._query_id: int | None = None
+        self._retired: list[int] = []
+        self._sent_at = 0.0
+        self._rto = 0.0  # the RTO the current transmission is timed by
+        self._lost = 0  # UDP transmissions of this query to this server lost so far
+        self._losses = 0  # the same, in a row since the last TCP leg
+        self._transmissions = 0
+        self._timer = None
         self._connecting: defer.Deferred | None = None
         self._tcp: _TCPClient | None = None
-        self._query_id = 0
-        self._sent_at = 0.0
-        self._sample_rtt: float | None = None
+        self._sample_rtt: float | None = None  # the RTT sample a usable answer reports (None: none)
         self._socket_wait = None  # the delayed call asking again for a socket
         self._socket_waits = 0
 
     @property
     def waiting_for_socket(self) -> bool:
-        """Whether the exchange waits for a free descriptor to open its socket."""
-        return self._socket_wait is not None
+        """Whether a transmission waits for a free descriptor to open its socket."""
+        return self.state == _SOCKET_WAIT
 
-    def start(self) -> None:
-        """Open a fresh socket and send the query (or, out of descriptors, wait to try again)."""
+    def transmit(self, remaining: float) -> None:
+        """
+        Send the question (again) and wait ``min(RTO, timeout, remaining)``
+        for the reply; after ``tcp_fallback_after`` losses in a row, ask
+        over TCP instead.
+        """
+        pool = self.pool
+        infra = pool._infra
+        rto = infra.rto(self.server)
+        if self._lost:
+            rto = max(rto, min(infra.rto_max, infra.base_rto(self.server) * 2**self._lost))
+        self._rto = rto
+        if pool._tcp_fallback_after and self._losses >= pool._tcp_fallback_after:
+            self._losses = 0
+            pool.stats.tcp_fallback += 1
+            self._begin(_TCP)
+            self._sample_rtt = None  # a TCP exchange is no UDP round trip
+            self._start_tcp_leg()
+            return
+        self._timer = pool._reactor.callLater(min(rto, pool._timeout, remaining), self._expired)
+        self._send()
+
+    def _send(self) -> None:
+        """Open the socket if need be, and send a datagram with a new ID (or wait for a descriptor)."""
         pool = self.pool
         self._socket_wait = None
-        try:
-            port = pool._listen_udp(
-                _UDPClient(self),
-                "::" if self.address.ipv6 else "0.0.0.0",
-                max(8192, pool._udp_size),
-            )
-        except Exception as e:
-            if out_of_descriptors(e):
-                self._wait_for_socket(e, self.start)
+        if self._channel is None:
+            try:
+                self._channel = pool._sockets.open(self, self.address)
+            except Exception as e:
+                if out_of_descriptors(e):
+                    self.state = _SOCKET_WAIT
+                    self._wait_for_socket(e, self._send)
+                    return
+                self._begin(_UDP)
+                log.err(None, f"dnsgo: cannot open a socket for upstream {self.server}")
+                self.refused()
                 return
-            self._begin()
-            log.err(None, f"dnsgo: cannot open a socket for upstream {self.server}")
-            self.refused()
-            return
-        self._begin()
-        self._port = port
+        self._begin(_UDP)
         try:
-            port.connect(self.address.host, self.address.port)
-            port.write(self._new_query())
+            if self._query_id is not None:
+                self._retire(self._query_id)
+            self._query_id = self._channel.new_id()
+            self._channel.send(self._query_id, self._new_query(self._query_id))
         except Exception:
             log.err(None, f"dnsgo: cannot send to upstream {self.server}")
             self.refused()
 
-    def _begin(self) -> None:
-        """The query goes out: start the clock and tell the infra cache."""
+    def _begin(self, state: str) -> None:
+        """A transmission goes out: start the clock and tell the infra cache."""
         pool = self.pool
-        self.started = True
+        self.state = state
         self._sent_at = pool._reactor.seconds()
         pool._infra.started(self.server)
-        pool.stats.sent += 1
+        if state == _UDP:
+            pool.stats.sent += 1
+        if self._transmissions:
+            pool.stats.retransmits += 1
+        self._transmissions += 1
+
+    def _retire(self, query_id: int) -> None:
+        self._retired.append(query_id)
+        del self._retired[:-_RETIRED_IDS]
 
     def _wait_for_socket(self, reason: BaseException, retry) -> None:
-        """No descriptor for a socket: count it, and call ``retry`` a little later (the deadline may come first)."""
+        """No descriptor for a socket: count it, and call ``retry`` a little later (the wait may end first)."""
         pool = self.pool
         pool._no_socket(reason)
         delay = min(SOCKET_RETRY_MAX, SOCKET_RETRY_FIRST * 2 ** self._socket_waits)
@@ -533,60 +634,110 @@ class _Exchange:
             call.cancel()
         return True
 
-    def stop(self, outcome: str) -> None:
-        """End the exchange without a reply (timeout or abandonment)."""
-        if self.started:
-            self._finish(outcome, None)
-        else:
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _expired(self) -> None:
+        """The wait is over: a loss (or no descriptor); the server may be asked again."""
+        self._timer = None
+        pool = self.pool
+        if self.state == _UDP:
+            pool.stats.timeouts += 1
+            pool._infra.failed(self.server, self._rto)
+            self._lost += 1
+            self._losses += 1
+            self._retire(self._query_id)
+            self._query_id = None
+            self.state = _IDLE
+            self.resolution.settled(self, _LOST, None)
+        elif self.state == _SOCKET_WAIT:
             self._cancel_socket_wait()
-            self.finished = True
+            self.state = _IDLE
+            self.resolution.settled(self, _NO_SOCKET, None)
+        elif self.state == _TCP:
+            if self._cancel_socket_wait():
+                self.pool._infra.abandoned(self.server)  # no descriptor for the leg: not the server's fault
+                outcome = _NO_SOCKET
+            else:
+                pool.stats.timeouts += 1
+                pool._infra.failed(self.server)
+                outcome = _LOST
+            self.state = _IDLE
+            self._close_tcp()
+            self.resolution.settled(self, outcome, None)
+
+    def stop(self, outcome: str) -> None:
+        """
+        The resolution is over: end whatever is outstanding, as a timeout
+        (the budget ran out) or an abandonment.  A datagram that waited
+        less than half its wait (``min(RTO, timeout)``) when the budget ran
+        out was not proven lost: it is abandoned, and the server's RTO and
+        record stay as they are.
+        """
+        if self.state == _UDP and outcome == _FAILED:
+            waited = self.pool._reactor.seconds() - self._sent_at
+            if waited < min(self._rto, self.pool._timeout) / 2:
+                outcome = _ABANDONED
+        if self.state in (_UDP, _TCP):
+            if outcome == _FAILED and self._socket_wait is None:
+                self.pool.stats.timeouts += 1
+            self._close(outcome, None, notify=False)
+        else:
+            self._close(_ABANDONED, None, notify=False)
 
     def refused(self) -> None:
-        """The server cannot be reached: fail now rather than at the deadline."""
-        if not self.finished:
-            self.pool.stats.refused += 1
-            self._finish(_FAILED, None)
-
-    def udp_closed(self) -> None:
-        """The UDP port closed: a failure unless the exchange closed it."""
-        if self._port is not None:
-            self._port = None
-            self.refused()
+        """The server cannot be reached (ICMP, a socket error, a failed TCP leg): done with it for this query."""
+        if self.state == _CLOSED:
+            return
+        self.pool.stats.refused += 1
+        self._close(_FAILED, None)
 
     def udp_datagram(self, data: bytes, addr) -> None:
         """A datagram arrived on this exchange's socket."""
-        if self.finished or self._tcp is not None or self._connecting is not None:
-            return
+        stats = self.pool.stats
         if (addr[0], addr[1]) != (self.address.host, self.address.port):
-            self.pool.stats.spoofed += 1
+            stats.spoofed += 1
+            return
+        query_id = _ID.unpack_from(data)[0] if len(data) >= 12 else None
+        if self.state != _UDP or query_id != self._query_id:
+            if query_id is not None and query_id in self._retired and data[2] & _QR:
+                stats.late += 1
+            else:
+                stats.spoofed += 1
             return
         if not self._matches(data):
             return
         if data[2] & _TC:
             self._sample_rtt = self.pool._reactor.seconds() - self._sent_at
-            self._start_tcp()
+            self.pool.stats.tcp += 1
+            self._cancel_timer()
+            self.state = _TCP
+            self._close_udp()  # this server will not be asked over UDP again by this query
+            self._start_tcp_leg()
             return
         self._accept(data, via_tcp=False)
 
-    def tcp_message(self, data: bytes) -> None:
+    def tcp_message(self, client: _TCPClient, data: bytes) -> None:
         """A length-framed message arrived on this exchange's TCP connection."""
-        if self.finished or not self._matches(data):
+        if client is not self._tcp or self.state != _TCP or not self._matches(data):
             return
         self._accept(data, via_tcp=True)
 
-    def tcp_lost(self) -> None:
+    def tcp_lost(self, client: _TCPClient) -> None:
         """The TCP connection closed before an answer was accepted."""
-        self.refused()
+        if client is self._tcp and self.state == _TCP:
+            self.refused()
 
-    def _new_query(self) -> bytes:
-        q = self.attempt.resolution.question
-        self._query_id = secrets.randbits(16)
+    def _new_query(self, query_id: int) -> bytes:
+        q = self.resolution.question
         return wire.build_query(
-            self._query_id, q.qname, q.qtype, q.qclass, rd=True, cd=q.cd, do=q.do, udp_size=self.pool._udp_size
+            query_id, q.qname, q.qtype, q.qclass, rd=True, cd=q.cd, do=q.do, udp_size=self.pool._udp_size
         )
 
     def _matches(self, data: bytes) -> bool:
-        """Whether ``data`` answers this exchange's query; counts what it rejects."""
+        """Whether ``data`` answers the current transmission; counts what it rejects."""
         stats = self.pool.stats
         if len(data) < 12 or _ID.unpack_from(data)[0] != self._query_id or not data[2] & _QR:
             stats.spoofed += 1
@@ -602,148 +753,104 @@ class _Exchange:
         except ValueError:
             stats.malformed += 1
             return False
-        if (qname, qtype, qclass) != self.attempt.resolution.question.match_key:
+        if (qname, qtype, qclass) != self.resolution.question.match_key:
             stats.spoofed += 1
             return False
         return True
 
     def _accept(self, data: bytes, via_tcp: bool) -> None:
-        message = dns.Message()
         try:
-            # fromStr silently keeps what it could read of a truncated
-            # message; scan_response rejects it, and bad compression.
+            # The whole reply is checked at byte level once: its structure
+            # (scan_response: truncation, compression, stray bytes) and
+            # every name and fixed-size rdata (read_reply).
             wire.scan_response(data)
-            message.fromStr(data)
-        except Exception:
+            read = read_reply(data)
+        except ValueError:
             self.pool.stats.malformed += 1
             return
-        message.additional = [rr for rr in message.additional if rr.type != dns.OPT]
         now = self.pool._reactor.seconds()
-        reply = UpstreamReply(message, data, self.server, now - self._sent_at, via_tcp)
-        usable = message.rCode not in UNUSABLE_RCODES
-        self._finish(_USABLE if usable else _UNUSABLE, reply)
+        reply = UpstreamReply(data, read, self.server, now - self._sent_at, via_tcp)
+        if not via_tcp:
+            self._sample_rtt = reply.rtt
+        usable = read.rcode not in UNUSABLE_RCODES
+        self._close(_USABLE if usable else _UNUSABLE, reply)
 
-    def _start_tcp(self) -> None:
-        self.pool.stats.tcp += 1
-        self._close_udp()
+    def _start_tcp_leg(self) -> None:
+        """Ask over TCP (state is already _TCP), waiting ``min(timeout, time left)``."""
+        pool = self.pool
+        wait = max(0.0, min(pool._timeout, self.resolution.remaining()))
+        self._timer = pool._reactor.callLater(wait, self._expired)
         self._connect_tcp()
 
     def _connect_tcp(self) -> None:
         pool = self.pool
         self._socket_wait = None
-        remaining = max(0.0, self.attempt.deadline - pool._reactor.seconds())
+        remaining = max(0.0, self.resolution.remaining())
         endpoint_class = TCP6ClientEndpoint if self.address.ipv6 else TCP4ClientEndpoint
         endpoint = endpoint_class(pool._reactor, self.address.host, self.address.port, timeout=remaining + 1)
-        self._tcp = _TCPClient(self, self._new_query())
-        self._connecting = endpoint.connect(_OneShotFactory(self._tcp))
-        self._connecting.addCallbacks(self._tcp_connected, self._tcp_connect_failed)
+        if self._query_id is not None:
+            self._retire(self._query_id)
+        self._query_id = secrets.randbits(16)
+        client = self._tcp = _TCPClient(self, self._new_query(self._query_id))
+        connecting = self._connecting = endpoint.connect(_OneShotFactory(client))
+        connecting.addCallbacks(self._tcp_connected, self._tcp_connect_failed, errbackArgs=(client,))
 
     def _tcp_connected(self, _protocol) -> None:
         self._connecting = None
 
-    def _tcp_connect_failed(self, reason) -> None:
-        self._connecting = None
-        if self.finished or reason.check(defer.CancelledError):
+    def _tcp_connect_failed(self, reason, client: _TCPClient) -> None:
+        if client is not self._tcp or self.state != _TCP:
             return
+        if reason.check(defer.CancelledError, ConnectingCancelledError):
+            return
+        self._connecting = None
         if out_of_descriptors(reason.value):
             self._tcp = None
             self._wait_for_socket(reason.value, self._connect_tcp)
             return
         self.refused()
 
-    def _finish(self, outcome: str, reply: UpstreamReply | None) -> None:
-        if self.finished:
+    def _close(self, outcome: str, reply: UpstreamReply | None, notify: bool = True) -> None:
+        """Done with this server for this query: report the outstanding transmission, close everything."""
+        if self.state == _CLOSED:
             return
-        self.finished = True
+        outstanding = self.state in (_UDP, _TCP)
+        lost_rto = self._rto if self.state == _UDP else None  # a loss doubles the RTO it waited for
+        self.state = _CLOSED
+        self._cancel_timer()
         if self._cancel_socket_wait() and outcome == _FAILED:
-            # Out of descriptors at the deadline: not the server's fault.
-            outcome = _ABANDONED
+            outcome = _ABANDONED  # out of descriptors at the deadline: not the server's fault
         self._close_udp()
         self._close_tcp()
-        infra = self.pool._infra
-        stats = self.pool.stats
-        if outcome == _USABLE:
-            stats.answered += 1
-            infra.succeeded(self.server, self._sample_rtt if self._sample_rtt is not None else reply.rtt)
-        elif outcome == _UNUSABLE:
-            stats.unusable += 1
-            infra.failed(self.server)
-        elif outcome == _FAILED:
-            infra.failed(self.server)
-        else:
-            infra.abandoned(self.server)
-        self.attempt.exchange_done(self, outcome, reply)
+        if outstanding:
+            infra = self.pool._infra
+            stats = self.pool.stats
+            if outcome == _USABLE:
+                stats.answered += 1
+                infra.succeeded(self.server, self._sample_rtt)
+            elif outcome == _UNUSABLE:
+                stats.unusable += 1
+                infra.failed(self.server)
+            elif outcome == _FAILED:
+                infra.failed(self.server, lost_rto)
+            else:
+                infra.abandoned(self.server)
+        if notify:
+            self.resolution.settled(self, outcome, reply)
 
     def _close_udp(self) -> None:
-        port, self._port = self._port, None
-        if port is not None:
-            port.stopListening()
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
     def _close_tcp(self) -> None:
+        # Forget the leg first: cancelling or aborting it calls back into this exchange.
         connecting, self._connecting = self._connecting, None
+        tcp, self._tcp = self._tcp, None
         if connecting is not None:
             connecting.cancel()
-        tcp = self._tcp
         if tcp is not None and tcp.transport is not None:
             tcp.transport.abortConnection()
-
-
-class _QuietPort(udp.Port):
-    """
-    A udp.Port that does not log its opening and closing: the pool opens
-    one per upstream exchange, and those two log lines per query cost more
-    than the exchange itself.
-    """
-
-    def _bindSocket(self) -> None:
-        skt = self.createInternetSocket()
-        try:
-            skt.bind((self.interface, self.port))
-        except OSError as le:
-            skt.close()
-            raise CannotListenError(self.interface, self.port, le)
-        self._realPortNumber = skt.getsockname()[1]
-        self.connected = 1
-        self.socket = skt
-        self.fileno = self.socket.fileno
-
-    def connectionLost(self, reason=None) -> None:
-        self._realPortNumber = None
-        self.maxThroughput = -1
-        base.BasePort.connectionLost(self, reason)
-        self.protocol.doStop()
-        self.socket.close()
-        del self.socket
-        del self.fileno
-        if hasattr(self, "d"):
-            self.d.callback(None)
-            del self.d
-
-
-class _UDPClient(DatagramProtocol):
-    """Hands what arrives on an exchange's UDP socket to the exchange."""
-
-    noisy = False
-
-    def __init__(self, exchange: _Exchange):
-        self._exchange = exchange
-
-    def datagramReceived(self, datagram: bytes, addr) -> None:
-        """Pass a datagram on."""
-        self._exchange.udp_datagram(datagram, addr)
-
-    def connectionRefused(self) -> None:
-        """ICMP port unreachable for the connected server."""
-        self._exchange.refused()
-
-    def stopProtocol(self) -> None:
-        """
-        The port closed.  When the exchange did not close it, the reactor
-        did because of a socket error: the epoll reactor turns the pending
-        ECONNREFUSED of an ICMP port unreachable into a closed port rather
-        than calling ``connectionRefused``.
-        """
-        self._exchange.udp_closed()
 
 
 class _OneShotFactory(Factory):
@@ -775,8 +882,8 @@ class _TCPClient(Int16StringReceiver):
 
     def stringReceived(self, string: bytes) -> None:
         """Pass a reply on."""
-        self._exchange.tcp_message(string)
+        self._exchange.tcp_message(self, string)
 
     def connectionLost(self, reason) -> None:
         """Tell the exchange, which fails unless it already has its answer."""
-        self._exchange.tcp_lost()
+        self._exchange.tcp_lost(self)

@@ -8,7 +8,10 @@ from dnsgo.upstream.infra import (
     DEGRADED,
     DOWN,
     HEALTHY,
+    INITIAL_RTO,
     INITIAL_SRTT,
+    RTO_MAX,
+    RTO_MIN,
     InfraCache,
     UpstreamStatus,
     format_address,
@@ -39,30 +42,143 @@ def succeed(infra, server, rtt=0.01):
 
 
 class SmoothedRTTTests(SynchronousTestCase):
-    """srtt is an EWMA with weight 1/8 starting at INITIAL_SRTT."""
+    """srtt and rttvar follow RFC 6298 from the first sample; only answers are samples."""
 
     def test_initial(self):
-        """An unmeasured server reports the documented initial srtt."""
+        """An unmeasured server shows the documented initial srtt and RTO (Unbound's 376 ms)."""
         infra, _ = make()
-        self.assertEqual(infra.snapshot()[0].srtt_ms, INITIAL_SRTT * 1000)
-        self.assertEqual(INITIAL_SRTT, 0.376)
+        status = infra.snapshot()[0]
+        self.assertEqual((status.srtt_ms, status.rto_ms), (376.0, 376.0))
+        self.assertEqual((INITIAL_SRTT, INITIAL_RTO), (0.376, 0.376))
+        self.assertEqual((infra.rto(A), infra.base_rto(A), infra.srtt(A)), (0.376, 0.376, 0.376))
 
-    def test_ewma(self):
-        """Each sample moves srtt one eighth of the way to the sample."""
+    def test_first_sample_replaces_the_guess(self):
+        """The first sample R sets srtt = R and rttvar = R/2, so RTO = 3R."""
         infra, _ = make()
         succeed(infra, A, 0.1)
-        expected = 0.376 * 7 / 8 + 0.1 / 8
-        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
-        succeed(infra, A, 0.02)
-        expected = expected * 7 / 8 + 0.02 / 8
-        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
+        self.assertAlmostEqual(infra.srtt(A), 0.1)
+        self.assertAlmostEqual(infra.rto(A), 0.3)
 
-    def test_failure_penalty(self):
-        """A failure feeds a failure_rtt sample into srtt."""
-        infra, _ = make(failure_rtt=2.0)
-        fail(infra, A)
-        expected = 0.376 * 7 / 8 + 2.0 / 8
-        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, expected * 1000)
+    def test_later_samples(self):
+        """rttvar moves a quarter of the way to |srtt - R|, then srtt an eighth of the way to R."""
+        infra, _ = make()
+        succeed(infra, A, 0.1)
+        succeed(infra, A, 0.02)
+        rttvar = 0.05 * 3 / 4 + abs(0.1 - 0.02) / 4
+        srtt = 0.1 * 7 / 8 + 0.02 / 8
+        self.assertAlmostEqual(infra.srtt(A), srtt)
+        self.assertAlmostEqual(infra.rto(A), srtt + 4 * rttvar)
+        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, srtt * 1000)
+
+    def test_timeouts_do_not_pin_srtt(self):
+        """A thousand timeouts leave srtt where the answers put it; they are not 1 s samples."""
+        infra, _ = make()
+        succeed(infra, A, 0.002)
+        fail(infra, A, 1000)
+        self.assertAlmostEqual(infra.srtt(A), 0.002)
+        self.assertEqual(infra.snapshot()[0].srtt_ms, 2.0)
+
+    def test_answer_without_sample(self):
+        """An answer reported without an RTT (over TCP) ends the back-off but moves neither srtt nor rttvar."""
+        infra, _ = make()
+        succeed(infra, A, 0.01)
+        fail(infra, A, 3)
+        infra.started(A)
+        infra.succeeded(A, None)
+        self.assertAlmostEqual(infra.srtt(A), 0.01)
+        self.assertEqual(infra.rto(A), 0.05)
+        fail(infra, B, 2)
+        infra.started(B)
+        infra.succeeded(B, None)
+        self.assertEqual((infra.srtt(B), infra.rto(B)), (0.376, 0.376))
+
+
+class RTOTests(SynchronousTestCase):
+    """The retransmission timeout: computation, back-off on loss, reset on success."""
+
+    def test_clamped_to_minimum(self):
+        """A fast server's RTO (srtt + 4 rttvar) is raised to rto_min (50 ms by default)."""
+        infra, _ = make()
+        succeed(infra, A, 0.001)
+        self.assertEqual(infra.rto(A), RTO_MIN)
+        self.assertEqual(RTO_MIN, 0.05)
+        infra, _ = make(rto_min=0.01)
+        succeed(infra, A, 0.001)
+        self.assertEqual(infra.rto(A), 0.01)
+
+    def test_clamped_to_maximum(self):
+        """A slow server's RTO is capped at rto_max."""
+        infra, _ = make(rto_max=2.0)
+        succeed(infra, A, 1.5)
+        self.assertEqual(infra.rto(A), 2.0)
+
+    def test_each_loss_doubles(self):
+        """Each timeout doubles the RTO the lost transmission waited for, up to rto_max."""
+        infra, _ = make(rto_max=1.0)
+        succeed(infra, A, 0.001)
+        seen = []
+        for _ in range(6):
+            rto = infra.rto(A)
+            infra.started(A)
+            infra.failed(A, rto)
+            seen.append(infra.rto(A))
+        self.assertEqual(seen, [0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+        self.assertEqual(infra.snapshot()[0].rto_ms, 1000.0)
+
+    def test_unmeasured_server_backs_off_from_376(self):
+        """A server that never answered backs off from the initial 376 ms."""
+        infra, _ = make()
+        fail(infra, A, 2)
+        self.assertEqual(infra.rto(A), 0.376 * 4)
+
+    def test_simultaneous_losses_double_once(self):
+        """Many transmissions lost together, all sent with the same RTO, double it once (Unbound's rtt_lost)."""
+        infra, _ = make()
+        succeed(infra, A, 0.001)
+        for _ in range(10):
+            infra.started(A)
+        for _ in range(10):
+            infra.failed(A, 0.05)
+        self.assertEqual(infra.rto(A), 0.1)
+
+    def test_loss_older_than_a_success_does_not_back_off(self):
+        """A loss of a transmission timed by a larger RTO than a success has since set is ignored by the RTO."""
+        infra, _ = make()
+        succeed(infra, A, 0.001)
+        fail(infra, A, 3)
+        self.assertEqual(infra.rto(A), 0.4)
+        infra.started(A)
+        succeed(infra, A, 0.001)
+        self.assertEqual(infra.rto(A), 0.05)
+        infra.failed(A, 0.4)
+        self.assertEqual(infra.rto(A), 0.05)
+        self.assertEqual(infra.snapshot()[0].consecutive_failures, 1)
+
+    def test_success_resets_at_once(self):
+        """However far a server backed off, one answer brings its RTO back to srtt + 4 rttvar."""
+        infra, _ = make()
+        succeed(infra, A, 0.02)
+        base = infra.rto(A)
+        fail(infra, A, 20)
+        self.assertEqual(infra.rto(A), RTO_MAX)
+        self.assertEqual(infra.base_rto(A), base)
+        succeed(infra, A, 0.02)
+        self.assertLess(infra.rto(A), base)
+        self.assertEqual(infra.rto(A), infra.base_rto(A))
+
+    def test_other_failures_back_off_too(self):
+        """An unusable reply or a refusal (failed without an RTO) doubles the current RTO."""
+        infra, _ = make()
+        succeed(infra, A, 0.001)
+        infra.started(A)
+        infra.failed(A)
+        self.assertEqual(infra.rto(A), 0.1)
+
+    def test_bad_bounds(self):
+        """rto_min must be positive and the bounds must hold the initial RTO."""
+        self.assertRaises(ValueError, InfraCache, [A], Clock(), rto_min=0)
+        self.assertRaises(ValueError, InfraCache, [A], Clock(), rto_min=0.5)
+        self.assertRaises(ValueError, InfraCache, [A], Clock(), rto_max=0.2)
 
 
 class OrderTests(SynchronousTestCase):
@@ -73,19 +189,36 @@ class OrderTests(SynchronousTestCase):
         infra, _ = make((A, B, C))
         self.assertEqual(infra.order(), [A, B, C])
 
-    def test_by_srtt(self):
-        """The server with the lowest srtt comes first."""
+    def test_by_unclamped_rto(self):
+        """Servers rank by srtt + 4 rttvar before clamping (so two fast ones still differ), unknown ones at 376 ms."""
         infra, _ = make((A, B, C))
         succeed(infra, C, 0.001)
-        succeed(infra, B, 0.2)
+        succeed(infra, B, 0.002)
+        self.assertEqual(infra.rto(B), infra.rto(C))
         self.assertEqual(infra.order(), [C, B, A])
         self.assertEqual(infra.best(2), [C, B])
+        succeed(infra, A, 0.2)
+        self.assertEqual(infra.order(), [C, B, A])
 
-    def test_failing_server_sinks(self):
-        """Failures push a server behind one that answers."""
+    def test_unknown_before_unsteady(self):
+        """A server measured once at 200 ms (RTO 600 ms) ranks behind one never measured (376 ms), as in Unbound."""
         infra, _ = make((A, B))
+        succeed(infra, A, 0.2)
+        self.assertEqual(infra.order(), [B, A])
+        for _ in range(20):
+            succeed(infra, A, 0.2)
+        self.assertEqual(infra.order(), [A, B])
+
+    def test_failing_server_sinks_and_comes_back(self):
+        """A failure backs a server off behind one that answers; one answer puts it back in front."""
+        infra, _ = make((A, B))
+        succeed(infra, A, 0.001)
+        succeed(infra, B, 0.01)
+        self.assertEqual(infra.order(), [A, B])
         fail(infra, A)
         self.assertEqual(infra.order(), [B, A])
+        succeed(infra, A, 0.001)
+        self.assertEqual(infra.order(), [A, B])
 
     def test_duplicates_removed(self):
         """A server listed twice is one server."""
@@ -236,6 +369,15 @@ class AllDownTests(SynchronousTestCase):
         self.assertEqual(infra.order(), [B, C, A])
         self.assertEqual(infra.best(1), [B])
 
+    def test_all_servers_appends_the_down_ones(self):
+        """order(all_servers=True) follows the usual order with the down servers left out, soonest probe first."""
+        infra, clock = make((A, B, C), down_after=1)
+        fail(infra, C)
+        clock.advance(0.5)
+        fail(infra, A)
+        self.assertEqual(infra.order(), [B])
+        self.assertEqual(infra.order(all_servers=True), [B, C, A])
+
     def test_all_down_includes_probing(self):
         """Even a server whose probe is in flight is offered when all are down."""
         infra, clock = make((A,), down_after=1)
@@ -269,9 +411,11 @@ class SnapshotTests(SynchronousTestCase):
                 next_probe=None,
                 queries=2,
                 failures=0,
+                rto_ms=first.rto_ms,
             ),
         )
-        self.assertAlmostEqual(first.srtt_ms, (0.376 * 7 / 8 + 0.1 / 8) * 1000)
+        self.assertAlmostEqual(first.srtt_ms, 100.0)
+        self.assertAlmostEqual(first.rto_ms, 300.0)
         self.assertEqual(second.address, "[2001:db8::1]:53")
         self.assertEqual(
             (second.health, second.next_probe, second.queries, second.failures, second.last_response),

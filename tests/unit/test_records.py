@@ -128,3 +128,13 @@ class AgreementTests(SynchronousTestCase):
         msg = render("q.example.", [("q.example.", 300, ("CNAME", "a\\.b.example."))], [], [], False)
         self.assertTrue(records.read_reply(msg).dotted)
         self.assertTrue(records.has_dotted_label(msg))
+
+    def test_fixed_size_rdata_checked(self):
+        """An A record whose rdata is not 4 bytes is refused (twisted.names would not decode it either)."""
+        msg = bytearray(render("q.example.", [("q.example.", 300, ("A", "192.0.2.1"))], [], [], False))
+        # Claim 3 bytes of rdata and drop the last byte.
+        struct.pack_into("!H", msg, len(msg) - 6, 3)
+        damaged = bytes(msg[:-1])
+        wire.scan_response(damaged)
+        with self.assertRaises(ValueError):
+            records.read_reply(damaged)

@@ -18,8 +18,14 @@ from twisted.python.failure import Failure
 from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from dnsgo.upstream.infra import DEGRADED, HEALTHY, InfraCache
-from dnsgo.upstream.pool import UpstreamPool, UpstreamReply, UpstreamTimeout, out_of_descriptors
+from dnsgo.upstream.infra import DEGRADED, DOWN, HEALTHY, InfraCache
+from dnsgo.upstream.pool import (
+    SocketPoolSettings,
+    UpstreamPool,
+    UpstreamReply,
+    UpstreamTimeout,
+    out_of_descriptors,
+)
 from tests.support.upstream_fakes import (
     ANSWER_ADDRESS,
     FakeUDPReactor,
@@ -92,39 +98,59 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual([rr.type for rr in reply.message.additional], [])
         self.assertTrue(port.closed)
         status = infra.snapshot()[0]
-        self.assertAlmostEqual(status.srtt_ms, (0.376 * 7 / 8 + 0.25 / 8) * 1000)
+        self.assertAlmostEqual(status.srtt_ms, 250.0)
         self.assertEqual((status.in_flight, status.last_response), (0, 0.25))
+        self.assertEqual(fake.getDelayedCalls(), [])
 
     def test_timeouts_and_failover(self):
-        """Each attempt waits timeout seconds, then the next server is tried; after retries+1 attempts UpstreamTimeout."""
-        fake, infra, pool = fake_pool(timeout=1.0, retries=2)
+        """
+        Each transmission waits the server's RTO (376 ms unmeasured), then
+        the best server by RTO is asked, each time with its RTO doubled:
+        A at 0, B at 0.376, A at 0.752, B at 1.504, A at 2.256; the query
+        fails at its budget, timeout x (retries + 1) = 3 s, and each server
+        kept one socket for all its transmissions.
+        """
+        fake, infra, pool = fake_pool(timeout=1.0, retries=2, tcp_fallback_after=None)
         out = results(pool.query(QNAME, dns.A))
-        self.assertEqual([p.connected_to for p in fake.udp_ports], [A])
-        fake.advance(1.0)
-        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B])
-        self.assertTrue(fake.udp_ports[0].closed)
-        fake.advance(1.0)
-        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B, A])
-        fake.advance(0.999)
+
+        def sent():
+            return [(p.connected_to, len(p.written)) for p in fake.udp_ports]
+
+        self.assertEqual(sent(), [(A, 1)])
+        for step, expected in [
+            (0.376, [(A, 1), (B, 1)]),
+            (0.376, [(A, 2), (B, 1)]),
+            (0.752, [(A, 2), (B, 2)]),
+            (0.752, [(A, 3), (B, 2)]),
+        ]:
+            fake.advance(step - 0.0001)
+            self.assertNotEqual(sent(), expected)
+            fake.advance(0.0001)
+            self.assertEqual(sent(), expected)
+        fake.advance(0.7439)
         self.assertEqual(out, [])
-        fake.advance(0.001)
+        fake.advance(0.0001)
         [failure] = out
         failure.trap(UpstreamTimeout)
         self.assertIsInstance(failure.value, defer.TimeoutError)
         self.assertTrue(all(p.closed for p in fake.udp_ports))
-        self.assertEqual([s.failures for s in infra.snapshot()], [2, 1])
-        self.assertEqual((pool.stats.timeouts, pool.stats.failed), (3, 1))
+        self.assertEqual([s.failures for s in infra.snapshot()], [3, 2])
+        stats = pool.stats
+        self.assertEqual((stats.sent, stats.retransmits, stats.timeouts, stats.failed), (5, 3, 5, 1))
         self.assertEqual(fake.getDelayedCalls(), [])
 
-    def test_fresh_id_per_attempt(self):
-        """A retry uses a new socket and a new random ID."""
-        fake, _, pool = fake_pool(timeout=1.0, retries=30, servers=(A,))
-        pool.query(QNAME, dns.A)
-        for _ in range(30):
+    def test_fresh_id_per_transmission(self):
+        """Retransmissions to one server go out on the question's socket for that server, each with a new random ID."""
+        fake, _, pool = fake_pool(timeout=1.0, retries=30, servers=(A,), tcp_fallback_after=None)
+        out = results(pool.query(QNAME, dns.A))
+        for _ in range(31):
             fake.advance(1.0)
-        ids = {struct.unpack("!H", p.written[0][:2])[0] for p in fake.udp_ports}
-        self.assertEqual(len(fake.udp_ports), 31)
+        [port] = fake.udp_ports
+        ids = {struct.unpack("!H", data[:2])[0] for data in port.written}
+        self.assertGreater(len(port.written), 30)
         self.assertGreater(len(ids), 25)
+        self.assertEqual(len(out), 1)
+        out[0].trap(UpstreamTimeout)
 
     def test_wrong_source_ignored(self):
         """A correct-looking reply from another address or port is ignored and counted."""
@@ -198,17 +224,24 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual((out[0].server, out[0].message.rCode), (B, dns.EREFUSED))
 
     def test_unusable_then_timeout(self):
-        """An unusable reply followed by a timeout still returns the unusable reply."""
+        """
+        After an unusable reply that server is not asked again by this
+        query; the other one is retransmitted to until the budget ends, and
+        the unusable reply is the result.
+        """
         fake, _, pool = fake_pool(retries=1, timeout=1.0)
         out = results(pool.query(QNAME, dns.A))
         first = fake.udp_ports[0]
         first.deliver(reply_to(decode(first.written[0]), rcode=dns.EREFUSED))
-        fake.advance(1.0)
+        advance_to(fake, 1.9999)
+        self.assertEqual(out, [])
+        advance_to(fake, 2.0)
         self.assertEqual((out[0].server, out[0].message.rCode), (A, dns.EREFUSED))
+        self.assertEqual([(p.connected_to, len(p.written)) for p in fake.udp_ports], [(A, 1), (B, 3)])
 
     def test_questionless_error_accepted(self):
         """A FORMERR without a question counts as an unusable reply; a NOERROR without one is ignored."""
-        fake, _, pool = fake_pool(retries=0)
+        fake, _, pool = fake_pool(servers=(A,), retries=0)
         out = results(pool.query(QNAME, dns.A))
         [port] = fake.udp_ports
         query_id = decode(port.written[0]).id
@@ -237,21 +270,23 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B])
         self.assertEqual(pool.stats.refused, 1)
 
-    def test_tcp_inside_deadline(self):
-        """After TC=1 the TCP leg shares the attempt's deadline; when it expires the next server is tried."""
+    def test_tcp_leg_timeout(self):
+        """After TC=1 the TCP leg may take the timeout (within the budget); when it expires the next server is tried."""
         fake, infra, pool = fake_pool(timeout=1.0, retries=1)
         out = results(pool.query(QNAME, dns.A))
         first = fake.udp_ports[0]
-        fake.advance(0.4)
+        fake.advance(0.2)
         first.deliver(reply_to(decode(first.written[0]), trunc=True, address=None))
         [(host, port, _, timeout, _)] = fake.tcpClients
         self.assertEqual((host, port), A)
         self.assertTrue(first.closed)
-        fake.advance(0.6)
+        fake.advance(0.999)
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [A])
+        fake.advance(0.001)
         self.assertEqual(out, [])
         self.assertTrue(fake.connectors[0].stoppedConnecting)
         self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B])
-        self.assertEqual(infra.snapshot()[0].failures, 1)
+        self.assertEqual((infra.snapshot()[0].failures, pool.stats.timeouts), (1, 1))
 
     def test_tcp_answer(self):
         """The TCP leg sends a framed query with a fresh ID and accepts the framed answer."""
@@ -280,19 +315,22 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertTrue(transport.disconnected)
         self.assertEqual(pool.stats.tcp, 1)
         # The RTT sample is the UDP round trip, not the TCP one.
-        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, (0.376 * 7 / 8 + 0.1 / 8) * 1000)
+        self.assertAlmostEqual(infra.snapshot()[0].srtt_ms, 100.0)
 
     def test_parallel_servers(self):
-        """The parallel strategy asks best(n) at once, then the next n servers (wrapping)."""
+        """
+        The parallel strategy asks best(n) at once; when both time out, the
+        best n by RTO then: the unmeasured C, and A again (on its socket).
+        """
         fake, infra, pool = fake_pool((A, B, C), strategy="parallel", parallel_count=2, retries=1, timeout=1.0)
         out = results(pool.query(QNAME, dns.A))
         self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B])
-        fake.advance(1.0)
-        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B, C, A])
-        fourth = fake.udp_ports[3]
-        fourth.deliver(reply_to(decode(fourth.written[0])))
+        fake.advance(0.376)
+        self.assertEqual([(p.connected_to, len(p.written)) for p in fake.udp_ports], [(A, 2), (B, 1), (C, 1)])
+        first = fake.udp_ports[0]
+        first.deliver(reply_to(decode(first.written[1])))
         self.assertEqual(out[0].server, A)
-        self.assertTrue(fake.udp_ports[2].closed)
+        self.assertTrue(all(p.closed for p in fake.udp_ports))
         snapshot = {s.address: s for s in infra.snapshot()}
         # C lost the race: abandoned, neither failed nor succeeded.
         self.assertEqual(
@@ -301,12 +339,15 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertEqual(snapshot["192.0.2.3:53"].last_response, None)
 
     def test_parallel_all_unusable_ends_early(self):
-        """When every server of a parallel attempt gave an unusable reply the next attempt starts at once."""
+        """When every server of a parallel try gave an unusable reply the next try starts at once, without them."""
         fake, _, pool = fake_pool((A, B, C), strategy="parallel", parallel_count=2, retries=1)
-        results(pool.query(QNAME, dns.A))
+        out = results(pool.query(QNAME, dns.A))
         for port in fake.udp_ports[:2]:
             port.deliver(reply_to(decode(port.written[0]), rcode=dns.ESERVER))
-        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B, C, A])
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B, C])
+        third = fake.udp_ports[2]
+        third.deliver(reply_to(decode(third.written[0]), rcode=dns.EREFUSED))
+        self.assertEqual((out[0].server, out[0].message.rCode), (C, dns.EREFUSED))
 
     def test_coalescing(self):
         """Identical questions in flight (name case aside) share one exchange; each caller gets its own Deferred."""
@@ -373,6 +414,10 @@ class FakeReactorTests(SynchronousTestCase):
         self.assertRaises(ValueError, UpstreamPool, infra, strategy="random", reactor=fake)
         self.assertRaises(ValueError, UpstreamPool, infra, timeout=0, reactor=fake)
         self.assertRaises(ValueError, UpstreamPool, infra, retries=-1, reactor=fake)
+        self.assertRaises(ValueError, UpstreamPool, infra, tcp_fallback_after=0, reactor=fake)
+        self.assertRaises(ValueError, SocketPoolSettings, sockets=0)
+        self.assertRaises(ValueError, SocketPoolSettings, max_uses=0)
+        self.assertRaises(ValueError, SocketPoolSettings, max_age=0)
 
     def test_ipv6_socket(self):
         """An IPv6 upstream gets a socket bound to '::' and its canonical address."""
@@ -522,6 +567,303 @@ class NoDescriptorTests(SynchronousTestCase):
         [reply] = out
         self.assertEqual((reply.server, reply.via_tcp), (A, True))
         self.assertEqual(infra.snapshot()[0].failures, 0)
+
+
+def advance_to(fake, when: float) -> None:
+    """Move the clock to ``when`` event by event (Clock.advance runs every due call at the end time)."""
+    while True:
+        due = [call.getTime() for call in fake.getDelayedCalls() if call.getTime() <= when]
+        if not due:
+            break
+        fake.advance(max(0.0, min(due) - fake.seconds()))
+    fake.advance(max(0.0, when - fake.seconds()))
+
+
+def warm(infra, server=A, rtt=0.001):
+    """Give ``server`` one RTT sample, so its RTO is the 50 ms floor."""
+    infra.started(server)
+    infra.succeeded(server, rtt)
+
+
+def answer_last(port, **kwargs):
+    """Deliver on ``port`` a reply to the last datagram written on it."""
+    port.deliver(reply_to(decode(port.written[-1]), **kwargs))
+
+
+class RetransmissionTests(SynchronousTestCase):
+    """Transmissions timed by the server's RTO, backed off per loss, within the query's budget."""
+
+    def assertSchedule(self, fake, port, times):
+        """``port`` gets its datagrams at ``times`` (the first is already out), stepping the clock event by event."""
+        seen = [fake.seconds()] * len(port.written)
+        while len(seen) < len(times) and fake.getDelayedCalls():
+            fake.advance(min(call.getTime() for call in fake.getDelayedCalls()) - fake.seconds())
+            seen += [fake.seconds()] * (len(port.written) - len(seen))
+        self.assertEqual([round(t, 6) for t in seen], times)
+
+    def test_rto_schedule_of_a_silent_server(self):
+        """
+        A lone server with a 50 ms RTO that stops answering gets the query
+        at 0, 0.05, 0.15, 0.35, 0.75 and 1.55 s (each wait twice the last),
+        then the query fails at its 2 s budget; the RTO is backed off once
+        per loss (the last datagram, cut short at 0.45 s of its 1 s wait,
+        does not count), the srtt is the one its answers gave.
+        """
+        fake, infra, pool = fake_pool(servers=(A,), tcp_fallback_after=None)
+        warm(infra)
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        self.assertSchedule(fake, port, [0, 0.05, 0.15, 0.35, 0.75, 1.55])
+        fake.advance(1.9999 - fake.seconds())
+        self.assertEqual((out, len(port.written)), ([], 6))
+        fake.advance(0.0002)
+        out[0].trap(UpstreamTimeout)
+        status = infra.snapshot()[0]
+        self.assertEqual(status.srtt_ms, 1.0)
+        self.assertAlmostEqual(status.rto_ms, 1600.0)
+        self.assertEqual((status.failures, status.in_flight), (5, 0))
+        self.assertEqual((pool.stats.sent, pool.stats.retransmits, pool.stats.timeouts), (6, 5, 5))
+        self.assertEqual(fake.getDelayedCalls(), [])
+
+    def test_wait_capped_by_timeout(self):
+        """A wait never exceeds upstream.timeout, however far the RTO has backed off."""
+        fake, infra, pool = fake_pool(servers=(A,), timeout=0.5, retries=3, tcp_fallback_after=None)
+        for _ in range(10):
+            infra.started(A)
+            infra.failed(A)
+        self.assertGreater(infra.rto(A), 100)
+        results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        self.assertSchedule(fake, port, [0, 0.5, 1.0, 1.5])
+
+    def test_answer_after_retransmission(self):
+        """A lost datagram is sent again after the RTO and the answer to it is accepted, its RTT from the resend."""
+        fake, infra, pool = fake_pool(servers=(A,))
+        warm(infra)
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        fake.advance(0.05)
+        self.assertEqual(len(port.written), 2)
+        fake.advance(0.002)
+        answer_last(port)
+        [reply] = out
+        self.assertAlmostEqual(reply.rtt, 0.002)
+        self.assertTrue(port.closed)
+        self.assertEqual((pool.stats.retransmits, pool.stats.timeouts, pool.stats.answered), (1, 1, 1))
+        self.assertEqual(infra.rto(A), 0.05)
+
+    def test_late_reply_ignored(self):
+        """A reply to a transmission that timed out is counted as late and ignored: one (port, ID) open at a time."""
+        fake, infra, pool = fake_pool(servers=(A,))
+        warm(infra)
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        fake.advance(0.05)
+        first, second = (decode(data) for data in port.written)
+        self.assertNotEqual(first.id, second.id)
+        port.deliver(reply_to(first))
+        self.assertEqual((out, pool.stats.late, pool.stats.spoofed), ([], 1, 0))
+        port.deliver(reply_to(second))
+        self.assertEqual(len(out), 1)
+
+    def test_successes_of_others_do_not_shorten_a_query_backoff(self):
+        """
+        While other queries' answers keep the server's RTO at 50 ms, a query
+        that keeps losing still doubles its own waits: 0, 0.05, 0.15, 0.35.
+        """
+        fake, infra, pool = fake_pool(servers=(A,), tcp_fallback_after=None)
+        warm(infra)
+        results(pool.query(name("lossy"), dns.A))
+        lossy = fake.udp_ports[0]
+        for i, at in enumerate((0.04, 0.1, 0.2, 0.3)):
+            advance_to(fake, at)
+            other = results(pool.query(name(f"ok{i}"), dns.A))
+            answer_last(fake.udp_ports[-1])
+            self.assertEqual(len(other), 1)
+            self.assertEqual(infra.rto(A), 0.05)
+        advance_to(fake, 0.3499)
+        self.assertEqual(len(lossy.written), 3)
+        advance_to(fake, 0.3501)
+        self.assertEqual(len(lossy.written), 4)
+
+    def test_tcp_fallback_after_losses(self):
+        """
+        After three UDP losses in a row the query asks over TCP; the TCP
+        answer ends the server's back-off without being an RTT sample.
+        """
+        fake, infra, pool = fake_pool(servers=(A,))
+        warm(infra)
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        fake.pump([0.05, 0.1, 0.2 + 1e-6])
+        self.assertEqual((len(port.written), len(fake.tcpClients)), (3, 1))
+        self.assertEqual(fake.tcpClients[0][:2], A)
+        protocol = fake.tcpClients[0][2].buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        fake.advance(0.01)
+        data = reply_to(decode(transport.value()[2:]))
+        protocol.dataReceived(struct.pack("!H", len(data)) + data)
+        [reply] = out
+        self.assertEqual((reply.via_tcp, reply.server), (True, A))
+        self.assertEqual((pool.stats.tcp_fallback, pool.stats.tcp), (1, 0))
+        status = infra.snapshot()[0]
+        self.assertEqual((status.srtt_ms, status.rto_ms, status.consecutive_failures), (1.0, 50.0, 0))
+
+    def test_tcp_fallback_timeout_goes_back_to_udp(self):
+        """A TCP fallback that gets no answer in time is a loss: the query goes on over UDP."""
+        fake, infra, pool = fake_pool(servers=(A,), timeout=0.3, retries=9)
+        warm(infra)
+        results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        fake.pump([0.05, 0.1, 0.2 + 1e-6])
+        self.assertEqual(len(fake.tcpClients), 1)
+        fake.advance(0.3)
+        self.assertTrue(fake.connectors[0].stoppedConnecting)
+        self.assertEqual(len(port.written), 4)
+        self.assertEqual(pool.stats.tcp_fallback, 1)
+
+    def test_lone_down_server_asked_at_once(self):
+        """A lone upstream marked down, its probe not due, still gets the query at once, and one answer revives it."""
+        fake, infra, pool = fake_pool(servers=(A,))
+        for _ in range(3):
+            infra.started(A)
+            infra.failed(A)
+        status = infra.snapshot()[0]
+        self.assertEqual((status.health, status.next_probe), (DOWN, 1.0))
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        fake.advance(0.001)
+        answer_last(port)
+        self.assertEqual(out[0].server, A)
+        status = infra.snapshot()[0]
+        self.assertEqual((status.health, status.consecutive_failures, status.next_probe), (HEALTHY, 0, None))
+
+    def test_all_down_soonest_probe_asked_at_once(self):
+        """When every upstream is down, the query goes at once to the one whose probe is soonest."""
+        fake, infra, pool = fake_pool((A, B))
+        for server in (B, A):
+            for _ in range(3):
+                infra.started(server)
+                infra.failed(server)
+            fake.advance(0.1)
+        results(pool.query(QNAME, dns.A))
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [B])
+
+    def test_last_server_up_refuses_then_down_one_asked(self):
+        """When the only server still up refuses the query, the down one is asked rather than failing untried."""
+        fake, infra, pool = fake_pool((A, B))
+        for _ in range(3):
+            infra.started(A)
+            infra.failed(A)
+        out = results(pool.query(QNAME, dns.A))
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [B])
+        fake.udp_ports[0].protocol.connectionRefused()
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [B, A])
+        answer_last(fake.udp_ports[1])
+        self.assertEqual(out[0].server, A)
+
+
+def pooled(servers=(A, B), **settings):
+    """A pool with a socket pool over ``servers`` on a FakeUDPReactor; returns (reactor, infra, pool)."""
+    return fake_pool(servers, socket_pool=SocketPoolSettings(**settings))
+
+
+def datagrams(fake):
+    """Every (port, decoded query) written so far, in order of ports."""
+    return [(port, decode(data)) for port in fake.udp_ports for data in port.written]
+
+
+class SocketPoolTests(SynchronousTestCase):
+    """The socket_pool option: a few connected sockets per upstream, shared, renewed."""
+
+    def test_sockets_shared_and_kept(self):
+        """Ten questions go out on at most two sockets, each connected to the server, left open after the answers."""
+        fake, _, pool = pooled(sockets=2)
+        outs = [results(pool.query(name(f"s{i}"), dns.A)) for i in range(10)]
+        self.assertEqual(len(fake.udp_ports), 2)
+        self.assertEqual({p.connected_to for p in fake.udp_ports}, {A})
+        for port, query in datagrams(fake):
+            self.assertEqual(len({decode(d).id for d in port.written}), len(port.written))
+            port.deliver(reply_to(query))
+        self.assertEqual([len(out) for out in outs], [1] * 10)
+        self.assertFalse(any(p.closed for p in fake.udp_ports))
+        self.assertEqual(pool.stats.spoofed, 0)
+        pool.close()
+        self.assertTrue(all(p.closed for p in fake.udp_ports))
+
+    def test_renewed_after_max_uses(self):
+        """A socket that sent max_uses datagrams takes no more; it closes once its questions are settled."""
+        fake, _, pool = pooled(sockets=1, max_uses=3)
+        for i in range(3):
+            results(pool.query(name(f"u{i}"), dns.A))
+        [old] = fake.udp_ports
+        results(pool.query(name("u3"), dns.A))
+        self.assertEqual(len(fake.udp_ports), 2)
+        self.assertFalse(old.closed)
+        for query in (decode(data) for data in old.written):
+            old.deliver(reply_to(query))
+        self.assertTrue(old.closed)
+        self.assertFalse(fake.udp_ports[1].closed)
+
+    def test_renewed_after_max_age(self):
+        """A socket older than max_age takes no more questions, and closes when idle."""
+        fake, _, pool = pooled(sockets=1, max_age=10.0)
+        results(pool.query(name("a0"), dns.A))
+        [old] = fake.udp_ports
+        answer_last(old)
+        fake.advance(10.0)
+        results(pool.query(name("a1"), dns.A))
+        self.assertEqual(len(fake.udp_ports), 2)
+        self.assertTrue(old.closed)
+
+    def test_ids_unique_per_socket(self):
+        """Two hundred questions in flight on one socket each carry a different ID."""
+        fake, _, pool = pooled(sockets=1, max_uses=1000)
+        for i in range(200):
+            pool.query(name(f"i{i}"), dns.A)
+        [port] = fake.udp_ports
+        self.assertEqual(len({decode(d).id for d in port.written}), 200)
+
+    def test_stray_and_late(self):
+        """A reply with an ID nobody sent is counted as spoofed; one to a timed-out transmission as late."""
+        fake, infra, pool = pooled(servers=(A,), sockets=1)
+        warm(infra)
+        out = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        query = decode(port.written[0])
+        port.deliver(reply_to(query, query_id=(query.id + 1) % 65536))
+        self.assertEqual(pool.stats.spoofed, 1)
+        fake.advance(0.05)
+        port.deliver(reply_to(query))
+        self.assertEqual((pool.stats.late, out), (1, []))
+        answer_last(port)
+        self.assertEqual(len(out), 1)
+
+    def test_refused_fails_every_question_on_the_socket(self):
+        """ICMP unreachable on a pooled socket fails over every question on it at once and retires the socket."""
+        fake, _, pool = pooled(sockets=1)
+        outs = [results(pool.query(name(f"r{i}"), dns.A)) for i in range(2)]
+        [port] = fake.udp_ports
+        port.protocol.connectionRefused()
+        self.assertTrue(port.closed)
+        self.assertEqual([p.connected_to for p in fake.udp_ports], [A, B])
+        self.assertEqual(len(fake.udp_ports[1].written), 2)
+        for _, query in datagrams(fake)[2:]:
+            fake.udp_ports[1].deliver(reply_to(query))
+        self.assertEqual([out[0].server for out in outs], [B, B])
+        self.assertEqual(pool.stats.refused, 2)
+
+    def test_no_socket_then_one(self):
+        """A pooled socket that cannot be opened (EMFILE) is asked for again, as a fresh one would be."""
+        fake = NoDescriptorReactor(failures=1)
+        infra = InfraCache([A], fake)
+        pool = UpstreamPool(infra, reactor=fake, socket_pool=SocketPoolSettings(sockets=2))
+        out = results(pool.query(QNAME, dns.A))
+        self.assertEqual((fake.udp_ports, pool.stats.no_socket), ([], 1))
+        fake.advance(0.01)
+        answer_last(fake.udp_ports[0])
+        self.assertEqual(len(out), 1)
 
 
 class RealSocketTests(TestCase):
@@ -747,3 +1089,52 @@ class RealSocketTests(TestCase):
             yield pool.query(name(f"p{i}"), dns.A)
         ports = {port for _, port in server.sources}
         self.assertGreater(len(ports), 15)
+
+    @defer.inlineCallbacks
+    def test_lost_datagram_retransmitted(self):
+        """An upstream that drops the first datagram of each question answers the retransmission, from the same port."""
+        seen = set()
+
+        def first_dropped(query, data, addr):
+            key = query.queries[0].name.name
+            if key in seen:
+                return [reply_to(query)]
+            seen.add(key)
+            return []
+
+        server = self.udp_upstream(first_dropped)
+        pool, infra = self.make_pool([server], tcp_fallback_after=None)
+        started = time.monotonic()
+        reply = yield pool.query(QNAME, dns.A)
+        self.assertLess(time.monotonic() - started, 0.376 + 0.5)
+        self.assertEqual(address_of(reply), ANSWER_ADDRESS)
+        self.assertEqual(len(server.queries), 2)
+        self.assertEqual(len(set(server.sources)), 1)
+        self.assertNotEqual(server.queries[0].id, server.queries[1].id)
+        self.assertEqual((pool.stats.retransmits, pool.stats.timeouts), (1, 1))
+        self.assertLess(infra.snapshot()[0].srtt_ms, 100)
+
+    @defer.inlineCallbacks
+    def test_socket_pool(self):
+        """With a socket pool of two, twenty questions are answered from at most two source ports."""
+        server = self.udp_upstream(answering())
+        pool, _ = self.make_pool([server], socket_pool=SocketPoolSettings(sockets=2))
+        self.addCleanup(pool.close)
+        replies = yield defer.gatherResults([pool.query(name(f"k{i}"), dns.A) for i in range(20)])
+        self.assertEqual({address_of(r) for r in replies}, {ANSWER_ADDRESS})
+        self.assertLessEqual(len({port for _, port in server.sources}), 2)
+        self.assertEqual(len(server.queries), 20)
+
+    @defer.inlineCallbacks
+    def test_socket_pool_port_unreachable(self):
+        """With a socket pool, a closed port still fails fast (pooled sockets are connected); the next server answers."""
+        closed = self.udp_upstream(silent)
+        address = closed.address
+        yield closed.port.stopListening()
+        good = self.udp_upstream(answering())
+        infra = InfraCache([address, good.address], reactor)
+        pool = UpstreamPool(infra, timeout=30.0, retries=1, reactor=reactor, socket_pool=SocketPoolSettings(sockets=2))
+        self.addCleanup(pool.close)
+        reply = yield pool.query(QNAME, dns.A)
+        self.assertEqual(reply.server, good.address)
+        self.assertEqual((pool.stats.refused, pool.stats.timeouts), (1, 0))

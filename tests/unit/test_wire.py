@@ -960,3 +960,10 @@ class RelayBodyTests(SynchronousTestCase):
         _, other = self.query("longer.www.example.")
         with self.assertRaises(ValueError):
             wire.relay_body(self.upstream(other), q, 86400, 3600)
+
+    def test_reply_without_question(self):
+        """A FORMERR without a question (a server that dislikes EDNS) reaches the client with the client's question."""
+        q, message = self.query()
+        bare = struct.pack("!HHHHHH", 9, 0x8000 | dns.rcode.FORMERR, 0, 0, 0, 0)
+        out = dns.message.from_wire(wire.relay_body(bare, q, 86400, 3600))
+        self.assertEqual((out.id, out.rcode(), out.question[0].name.to_text()), (4242, dns.rcode.FORMERR, "Www.Example."))

@@ -30,6 +30,7 @@ def metrics(latency_qps: int) -> tuple[Metric, ...]:
         Metric("zipf_ideal_pct", "zipf: ideal hit rate of the trace sent (%)", 2),
         Metric("zipf_qps", "zipf: queries/s"),
         Metric("zipf_lost_pct", "zipf: lost queries (%)", 2),
+        Metric("zipf_servfail", "zipf: SERVFAIL answers"),
         Metric("rss_start_mib", "RSS at start, empty (MiB)", 1),
         Metric("rss_zipf_mib", "RSS after zipf (MiB)", 1),
         Metric("rss_miss_mib", "RSS after miss, full caches (MiB)", 1),

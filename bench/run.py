@@ -85,7 +85,7 @@ class Bench:
         started = time.monotonic()
         workload.write_zone(self.workdir / "bench.zone", self.layout)
         workload.write_queries(self.workdir / "hit.txt", workload.hit_names(self.layout))
-        self.zipf_trace = workload.zipf_trace(self.layout)
+        self.zipf_trace = workload.zipf_trace(self.layout, self.args.zipf_nx / 100)
         workload.write_queries(self.workdir / "zipf.txt", self.zipf_trace)
         for index, kind in enumerate(servers.SERVERS):
             workload.write_queries(self.workdir / f"miss-{kind.name}.txt",
@@ -201,6 +201,7 @@ class Bench:
                               f"{len(self.zipf_trace):,} queries; rates are over the part sent")
         server.results["zipf_qps"] = result.qps
         server.results["zipf_lost_pct"] = result.lost_fraction * 100
+        server.results["zipf_servfail"] = result.rcodes.get("SERVFAIL", 0)
         server.results["zipf_upstream"] = upstream
         server.results["rss_zipf_mib"] = rss_kib(server.process.pid) / 1024
 
@@ -332,6 +333,12 @@ def parse_args(argv=None):
     parser.add_argument("--client-cpu", type=int, default=0, help="CPU of dnsperf")
     parser.add_argument("--nsd-cpu", type=int, default=0, help="CPU of nsd (default 0, with dnsperf)")
     parser.add_argument("--keep-workdir", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--dnsgo-upstream", action="append", default=[], metavar="YAML",
+                        help="a line for dnsgo's upstream section, e.g. 'socket_pool: {sockets: 16}' (repeatable)")
+    parser.add_argument("--nsd-rrl", type=int, default=0, metavar="QPS",
+                        help="NSD's rrl-ratelimit (Debian's default is 200; 0, the default here, turns RRL off)")
+    parser.add_argument("--zipf-nx", type=float, default=0.0, metavar="PCT",
+                        help="percent of the Zipf trace asked for names that do not exist (each once)")
     parser.add_argument("--profile", action="store_true",
                         help="record dnsgo with py-spy during each scenario and print where its time goes")
     args = parser.parse_args(argv)
@@ -343,6 +350,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
+    servers.DNSGO_UPSTREAM_EXTRA[:] = args.dnsgo_upstream
+    servers.NSD_RRL[0] = args.nsd_rrl
     for program in ("nsd", "nsd-control", "unbound", "dnsperf", "taskset"):
         if not shutil.which(program) and not Path("/usr/sbin", program).exists():
             print(f"{program} is missing: apt-get install nsd unbound dnsperf", file=sys.stderr)

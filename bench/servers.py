@@ -25,6 +25,10 @@ def venv_bin(program: str) -> str:
 # NSD, the authoritative upstream
 
 
+#: NSD's response-rate limit (``bench/run.py --nsd-rrl``); 0 turns RRL off.
+NSD_RRL = [0]
+
+
 def nsd_config(workdir: Path, port: int, zonefile: Path) -> Path:
     """Write an nsd.conf serving ``zonefile`` on HOST:port with every state
     file inside ``workdir`` and a unix control socket; check it; return it."""
@@ -47,7 +51,7 @@ server:
   verbosity: 0
   hide-version: yes
   refuse-any: no
-  rrl-ratelimit: 0
+  rrl-ratelimit: {NSD_RRL[0]}
   rrl-whitelist-ratelimit: 0
 remote-control:
   control-enable: yes
@@ -116,10 +120,15 @@ forward-zone:
     return ["/usr/sbin/unbound", "-d", "-c", str(conf)]
 
 
+#: Extra top-level YAML for dnsgo's configuration (``bench/run.py --dnsgo-upstream``).
+DNSGO_UPSTREAM_EXTRA: list[str] = []
+
+
 def dnsgo_command(workdir: Path, port: int, upstream_port: int) -> list[str]:
     """Write the minimal dnsgo YAML configuration (the caches sized like
     Unbound's) and return the twistd argv running it in the foreground."""
     conf = workdir / "dnsgo.yaml"
+    upstream = "".join(f"  {line}\n" for line in DNSGO_UPSTREAM_EXTRA)
     conf.write_text(f"""\
 server:
   listen_address: "{HOST}:{port}"
@@ -127,7 +136,7 @@ upstreams: ["{HOST}:{upstream_port}"]
 cache:
   message_cache: {{max_size_mb: 64}}
   rrset_cache: {{max_size_mb: 128}}
-""")
+""" + (f"upstream:\n{upstream}" if upstream else ""))
     return [venv_bin("twistd"), "-n", "--pidfile=", "dnsgo", "--config", str(conf)]
 
 

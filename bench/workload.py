@@ -115,17 +115,22 @@ def miss_names(layout: Layout, server: int) -> list[str]:
     return names
 
 
-def zipf_trace(layout: Layout) -> list[str]:
+def zipf_trace(layout: Layout, nx_share: float = 0.0) -> list[str]:
     """A fixed-seed trace of ``zipf_queries`` names drawn from the Zipf
     population with P(rank k) proportional to 1/k**s; ranks are mapped to
-    names through a seeded shuffle."""
+    names through a seeded shuffle.  With ``nx_share``, that share of the
+    queries (at seeded places) is for names the zone does not have, each
+    asked once."""
     sizes = layout.sizes
     rng = random.Random(sizes.seed + 1000)
     population = [a_name(i) for i in layout.zipf_range]
     rng.shuffle(population)
     cumulative = list(itertools.accumulate(
         1.0 / rank ** sizes.zipf_exponent for rank in range(1, len(population) + 1)))
-    return rng.choices(population, cum_weights=cumulative, k=sizes.zipf_queries)
+    trace = rng.choices(population, cum_weights=cumulative, k=sizes.zipf_queries)
+    for n, index in enumerate(rng.sample(range(len(trace)), int(len(trace) * nx_share))):
+        trace[index] = f"nx{n:07d}.{ZONE}"
+    return trace
 
 
 def ideal_hit_rate(trace: list[str]) -> float:

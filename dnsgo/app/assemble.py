@@ -31,6 +31,7 @@ from dnsgo.serve.listeners import DNSService
 from dnsgo.upstream.failures import FailureCache
 from dnsgo.upstream.infra import InfraCache
 from dnsgo.upstream.pool import UpstreamPool
+from dnsgo.upstream.sockets import SocketPoolSettings
 
 
 @attrs.frozen
@@ -159,6 +160,9 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         strategy=up.strategy,
         parallel_count=up.parallel_count,
         udp_size=config.server.edns_udp_size,
+        socket_pool=SocketPoolSettings(up.socket_pool.sockets, up.socket_pool.max_uses, up.socket_pool.max_age)
+        if up.socket_pool.sockets else None,
+        tcp_fallback_after=up.tcp_fallback_after or None,
         reactor=reactor,
     )
     handler = None  # the prefetch hook of L1 calls the handler built below
@@ -213,6 +217,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     ))
     if backend is not None:
         BackendService(backend).setServiceParent(root)
+    ClosingService(pool.close).setServiceParent(root)
     if isinstance(invalidator, service.Service):
         invalidator.setServiceParent(root)
     dns_service.setServiceParent(root)
@@ -257,3 +262,14 @@ class BackendService(service.Service):
     def stopService(self):
         super().stopService()
         return self._backend.stop()
+
+
+class ClosingService(service.Service):
+    """Calls ``close()`` when the process stops (the upstream pool's pooled sockets)."""
+
+    def __init__(self, close) -> None:
+        self._close = close
+
+    def stopService(self):
+        super().stopService()
+        self._close()

@@ -64,6 +64,7 @@ from dnsgo.config.schema import (
     ServeStaleConfig,
     ServerConfig,
     SharedCacheConfig,
+    SocketPoolConfig,
     UpstreamConfig,
     default_shards,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "ServeStaleConfig",
     "ServerConfig",
     "SharedCacheConfig",
+    "SocketPoolConfig",
     "UpstreamConfig",
     "default_shards",
     # rules

@@ -75,6 +75,17 @@ class ServerConfig:
 
 
 @attrs.frozen
+class SocketPoolConfig:
+    """The UDP sockets upstream queries go out on: fresh per question (0), or a pool per upstream."""
+
+    sockets: int = _setting(
+        _Integer(0, 1024), 0,
+        doc="sockets per upstream, each on a random port (0: a fresh socket per question, the most entropy)")
+    max_uses: int = _setting(_Integer(1), 1000, doc="a pooled socket is replaced after this many queries")
+    max_age: float = _setting(_Duration(positive=True), 60.0, doc="or after this long")
+
+
+@attrs.frozen
 class UpstreamConfig:
     """How queries are forwarded to the upstream servers."""
 
@@ -86,6 +97,11 @@ class UpstreamConfig:
         doc="'best': the upstream with the best RTT; 'parallel': several at once, first answer wins")
     parallel_count: int = _setting(
         _Integer(1), 2, doc="upstreams asked at once with strategy 'parallel'")
+    tcp_fallback_after: int = _setting(
+        _Integer(0, 100), 3,
+        doc="after this many UDP losses in a row to one upstream, ask it over TCP (0: never)")
+    socket_pool: SocketPoolConfig = _section(
+        SocketPoolConfig, "the sockets upstream queries go out on (docs/upstream.md)")
 
 
 @attrs.frozen

@@ -177,14 +177,15 @@ class MessageCache:
         #: Times :meth:`lookup` called ``on_prefetch``.
         self.prefetches = 0
 
-    def lookup(self, q: wire.QueryInfo) -> bytes | None:
+    def lookup(self, q: wire.QueryInfo, head: bytes | None = None) -> bytes | None:
         """
         Return the reply to ``q`` from a fresh entry, or None on a miss.
 
-        The reply has ``q``'s ID and question bytes (so its case), RD from
-        ``q`` (it is in the key, so as stored), and TTLs counted down by
-        the whole seconds since the entry was stored.  Never raises: a
-        corrupt entry is dropped and counts as a miss.
+        The reply has ``q``'s ID (or ``head``, the two ID bytes of the
+        query as received) and question bytes (so its case), RD and CD as
+        stored (they are in the key), and TTLs counted down by the whole
+        seconds since the entry was stored.  Never raises: a corrupt entry
+        is dropped and counts as a miss.
         """
         try:
             key = q.key
@@ -209,7 +210,15 @@ class MessageCache:
                     elapsed = 0
                 entry.rendered = wire.render_ttls(entry.rendered, entry.offsets, entry.ttls, elapsed)
                 entry.elapsed = elapsed
-            reply = wire.patch_header(entry.rendered, q)
+            rendered = entry.rendered
+            if head is not None and rendered.startswith(q.question, 12):
+                # The usual case: the question as stored (same case), so
+                # only the ID differs; flags are the key's.
+                reply = head + rendered[2:]
+            else:
+                reply = wire.patch_header(rendered, q)
+                if head is not None:
+                    reply = head + reply[2:]
             shard.move_to_end(key)
             self._hits += 1
             hits = entry.hits = entry.hits + 1

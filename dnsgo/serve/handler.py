@@ -91,9 +91,9 @@ class QueryHandler:
         if q is not None and self._filter.allowed(client):
             if self._query_log:
                 self._log_query(q, client, tcp)
-            hit = self._cache.lookup(q)
+            hit = self._cache.lookup(q, data[:2])
             if hit is not None:
-                return self._counted(self._finish(data[:2] + hit[2:], q, tcp), q.qtype, tcp, started)
+                return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
             q = q._replace(id=(data[0] << 8) | data[1])
             d = self._miss(q, tcp)
             d.addCallback(self._counted, q.qtype, tcp, started)
@@ -120,7 +120,7 @@ class QueryHandler:
             if len(parsed) >= _PARSED_LIMIT:
                 parsed.clear()
             parsed[data[2:]] = q
-            hit = cache.lookup(q)
+            hit = cache.lookup(q, data[:2])
             if hit is not None:
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
         d = self._miss(q, tcp)

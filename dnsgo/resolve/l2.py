@@ -71,6 +71,14 @@ class RRsetResolver(common.ResolverBase):
 
     def query(self, query, timeout=None):
         """Answer ``query`` from the cache, or fail with ``DomainError`` to pass it on."""
+        return result_to_deferred(self.answer_now(query))
+
+    def answer_now(self, query):
+        """
+        The cached answer at once: a result tuple or a ``FinalAnswer``, or
+        None on a miss (an error inside the cache is a miss, logged once).
+        Counted once in the cache's hits or misses.
+        """
         try:
             result = self._answer(query)
         except Exception:
@@ -80,7 +88,7 @@ class RRsetResolver(common.ResolverBase):
                 self.log.failure("L2 cache lookup failed; treating it as a miss (logged once)")
             result = None
         self._cache.count_lookup(result is not None)
-        return result_to_deferred(result)
+        return result
 
     def _answer(self, query):
         """The cached answer as a result tuple or a ``FinalAnswer``, or None on a miss."""

@@ -798,3 +798,28 @@ def canonical(records):
         rr.payload.encode(rdata, None)
         out.append((rr.name.name, rr.type, rr.cls, rr.ttl, rdata.getvalue()))
     return out
+
+
+class ChainAnswerNowTests(SynchronousTestCase):
+    """Chain asks a resolver's answer_now first: a local L2 miss goes on without a Deferred or a Failure."""
+
+    def test_miss_goes_on_and_hit_stops(self):
+        """A miss in answer_now reaches the next resolver; a hit answers; an NXDOMAIN fails with FinalAnswer."""
+        cache, _ = make()
+        nxt = FakeResolver()
+        chain = Chain([RRsetResolver(cache), nxt])
+        answers, _, _ = self.successResultOf(chain.query(FlaggedQuery.from_name(b"www.example.com")))
+        self.assertEqual(addresses(answers), ["198.51.100.1"])
+        self.assertEqual(len(nxt.queries), 1)
+        store(cache, b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
+        answers, _, _ = self.successResultOf(chain.query(FlaggedQuery.from_name(b"www.example.com")))
+        self.assertEqual(addresses(answers), ["192.0.2.1"])
+        store(cache, b"gone.example.com", rcode=dns.ENAME, authority=[soa()])
+        self.failureResultOf(chain.query(FlaggedQuery.from_name(b"gone.example.com")), FinalAnswer)
+        self.assertEqual(len(nxt.queries), 1)
+        self.assertEqual((cache.stats().hits, cache.stats().misses), (2, 1))
+
+    def test_only_misses(self):
+        """When every resolver misses at once, the chain fails with DomainError."""
+        cache, _ = make()
+        self.failureResultOf(Chain([RRsetResolver(cache)]).query(FlaggedQuery.from_name(b"x.example.com")), error.DomainError)

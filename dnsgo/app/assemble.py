@@ -26,7 +26,7 @@ from dnsgo.resolve.forwarding import ForwardingResolver
 from dnsgo.resolve.hybrid import HybridRRsetResolver, fill_hybrid
 from dnsgo.resolve.l2 import RRsetResolver, fill_from_reply
 from dnsgo.serve.acl import ClientFilter
-from dnsgo.serve.handler import QueryHandler
+from dnsgo.serve.handler import QueryHandler, shared_stale_reply
 from dnsgo.serve.listeners import DNSService
 from dnsgo.upstream.failures import FailureCache
 from dnsgo.upstream.infra import InfraCache
@@ -177,6 +177,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         l2 = RRsetResolver(caches.rrsets)
         on_reply = fill_from_reply(caches.rrsets)
     forwarder = ForwardingResolver(pool, on_reply=on_reply, failures=caches.failures, relay=True)
+    stale = config.cache.serve_stale
     handler = QueryHandler(
         Chain([l2, forwarder]),
         ClientFilter(config.server.allow),
@@ -184,6 +185,9 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         message_cache=caches.messages,
         refresher=forwarder,
         serve_stale=config.cache.serve_stale,
+        shared_stale=shared_stale_reply(
+            shared_store, max_stale=stale.max_stale, answer_ttl=stale.answer_ttl, max_ttl=config.cache.message_cache.max_ttl,
+        ) if shared_store is not None and stale.enabled else None,
         negative_ttl=caches.negative_ttl,
         max_ttl=config.cache.message_cache.max_ttl,
         query_log=config.logging.query_log,

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 
 from dnsgo.dns import wire
+from dnsgo.dns.names import wire_to_dotted
 from dnsgo.serve.reply import normalize_negative
 from dnsgo.resolve.query import FlaggedQuery
 from dnsgo.resolve.chain import FinalAnswer, VerbatimReply
@@ -45,7 +46,10 @@ class QueryHandler:
 
     ``refresher`` is the resolver a prefetch asks (the forwarder: the L2
     cache would hand back the same ageing data).  ``serve_stale`` is the
-    config section of that name, or None.  ``counters`` counts prefetches,
+    config section of that name, or None; ``shared_stale(q)``, when given,
+    is asked for a stale reply body when L1 has no stale copy (a Deferred
+    firing with the body, or None): the shared cache's expired-but-kept
+    data (:func:`shared_stale_reply`).  ``counters`` counts prefetches,
     stale answers and miss-path outcomes.  ``max_ttl`` bounds every TTL a
     miss-path reply carries (a TTL with the top bit set is 0, RFC 2181 §8),
     whichever resolver built it.
@@ -62,6 +66,7 @@ class QueryHandler:
         message_cache=None,
         refresher=None,
         serve_stale=None,
+        shared_stale=None,
         negative_ttl: int = 3600,
         max_ttl: int = 86400,
         query_log: bool = False,
@@ -74,6 +79,7 @@ class QueryHandler:
         self._cache = message_cache
         self._refresher = refresher
         self._stale = serve_stale if serve_stale is not None and serve_stale.enabled else None
+        self._shared_stale = shared_stale
         self._negative_ttl = negative_ttl
         self._max_ttl = max_ttl
         self._query_log = query_log
@@ -147,19 +153,26 @@ class QueryHandler:
         """
         out = defer.Deferred()
 
-        def stale_or(body):
+        def answer(body, stale: bool) -> None:
+            if not out.called:
+                if stale:
+                    self.counters["stale"] += 1
+                out.callback(self._finish(body, q, tcp, ede=EDE_STALE if stale else None))
+
+        def serve_stale(fallback) -> None:
+            """Answer from L1's stale copy, else the shared cache's; else with ``fallback`` (None: keep waiting)."""
             stale = self._cache.lookup_stale(q, self._stale.answer_ttl)
-            if stale is None:
-                return body
-            self.counters["stale"] += 1
-            return self._finish(stale, q, tcp, ede=EDE_STALE)
+            if stale is not None:
+                answer(stale, True)
+            elif self._shared_stale is not None:
+                d = self._shared_stale(q)
+                d.addErrback(lambda failure: None)
+                d.addCallback(lambda body: answer(body, True) if body is not None else
+                              fallback is not None and answer(fallback, False))
+            elif fallback is not None:
+                answer(fallback, False)
 
-        def on_timer():
-            stale = stale_or(None)
-            if stale is not None and not out.called:
-                out.callback(stale)
-
-        timer = self._reactor.callLater(self._stale.client_timeout, on_timer)
+        timer = self._reactor.callLater(self._stale.client_timeout, serve_stale, None)
 
         def settled(outcome):
             body, failed = outcome
@@ -168,11 +181,9 @@ class QueryHandler:
             if out.called:
                 return
             if failed:
-                reply = stale_or(None)
-                if reply is not None:
-                    out.callback(reply)
-                    return
-            out.callback(self._finish(body, q, tcp))
+                serve_stale(body)
+            else:
+                answer(body, False)
 
         resolved.addCallback(settled)
         resolved.addErrback(lambda f: out.called or out.errback(f))
@@ -266,3 +277,20 @@ class QueryHandler:
             return wire.error_reply(wire.parse_query(data), wire.SERVFAIL)
         except Exception:
             return None
+
+
+def shared_stale_reply(store, *, max_stale: float, answer_ttl: int, max_ttl: int):
+    """
+    The ``shared_stale`` hook of :class:`QueryHandler` over a
+    :class:`~dnsgo.cache.shared.SharedRRsetStore`: ``q``'s RRset from Redis
+    if its DNS TTL ran out less than ``max_stale`` seconds ago (RFC 8767:
+    every TTL ``answer_ttl``), as a reply body, or None.  Redis keeps a
+    value ``ttl × ttl_multiplier`` seconds, which bounds how stale it gets.
+    """
+
+    def reply(q: wire.QueryInfo) -> defer.Deferred:
+        d = store.get_stale(wire_to_dotted(q.qname), q.qtype, q.qclass, max_stale=max_stale, answer_ttl=answer_ttl)
+        d.addCallback(lambda records: encode_reply(q, dns.OK, records, (), (), max_ttl) if records else None)
+        return d
+
+    return reply

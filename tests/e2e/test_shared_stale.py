@@ -1,0 +1,91 @@
+"""
+Serve-stale across the cluster (RFC 8767, RFC 8914): a worker that never
+saw a name answers it from the shared cache's expired-but-kept data when
+the upstream is dead.  Real redis-server, real dnsgo workers on 127.0.0.1,
+dnspython as the client.
+"""
+import time
+
+import dns.edns
+import dns.rcode
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from tests.support import redis_procs
+from tests.support.authority import AuthorityServer
+from tests.support.harness import ask, port, start_dnsgo
+from tests.support.redis_procs import RedisServer
+
+#: The authority's record with a 2 s TTL.
+SHORT = "short.example.test."
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    """Fires after ``seconds`` of real time."""
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+class SharedServeStaleTests(unittest.TestCase):
+    """Worker B answers stale from Redis what only worker A asked, once the upstream is dead."""
+
+    skip = redis_procs.SKIP
+    timeout = 60
+
+    def setUp(self):
+        self.redis = RedisServer().start()
+        self.addCleanup(self.redis.stop)
+        self.upstream = AuthorityServer().start()
+        self.addCleanup(self.upstream.stop)
+
+    @defer.inlineCallbacks
+    def worker(self, multiplier: float):
+        """A hybrid dnsgo with serve-stale on, once its Redis connection is up."""
+        config = (
+            "cache:\n  mode: hybrid\n"
+            f'  shared_cache:\n    enabled: true\n    type: redis\n    address: "127.0.0.1:{self.redis.port}"\n'
+            f"    ttl_multiplier: {multiplier}\n"
+            "  serve_stale:\n    enabled: true\n    answer_ttl: 30\n    client_timeout: 5s\n"
+        )
+        root = start_dnsgo(self, [self.upstream.address], config)
+        self.addCleanup(lambda: root.shared_store.idle())
+        deadline = time.monotonic() + 10
+        while root.backend.status().status != "connected":
+            self.assertLess(time.monotonic(), deadline, "Redis did not connect")
+            yield sleep(0.02)
+        return root
+
+    @defer.inlineCallbacks
+    def learn_then_kill(self, multiplier: float):
+        """Worker A learns SHORT (TTL 2 s) and writes it to Redis; the upstream goes silent; 2.5 s pass."""
+        a = yield self.worker(multiplier)
+        first = yield ask(port(a), SHORT)
+        self.assertEqual(first.answer[0][0].address, "192.0.2.2")
+        yield a.shared_store.idle()
+        self.upstream.authority.silent = True
+        yield sleep(2.5)
+
+    @defer.inlineCallbacks
+    def test_fresh_worker_answers_stale_from_redis(self):
+        """
+        With ttl_multiplier 3, worker B (which never saw the name) answers it
+        after its TTL, the upstream dead, from Redis: the address, TTL 30
+        (answer_ttl) and Extended DNS Error 3 (Stale Answer).
+        """
+        yield self.learn_then_kill(3)
+        b = yield self.worker(3)
+        reply = yield ask(port(b), SHORT, use_edns=0, timeout=5)
+        self.assertEqual(reply.rcode(), dns.rcode.NOERROR, reply)
+        self.assertEqual(reply.answer[0][0].address, "192.0.2.2")
+        self.assertEqual(reply.answer[0].ttl, 30)
+        ede = [o for o in reply.options if o.otype == dns.edns.OptionType.EDE]
+        self.assertEqual([o.code for o in ede], [3], reply)
+        self.assertEqual(b.handler.counters["stale"], 1)
+
+    @defer.inlineCallbacks
+    def test_multiplier_one_keeps_nothing_to_serve(self):
+        """With ttl_multiplier 1 Redis drops the value at its TTL: worker B has nothing stale and answers SERVFAIL."""
+        yield self.learn_then_kill(1)
+        b = yield self.worker(1)
+        reply = yield ask(port(b), SHORT, use_edns=0, timeout=5)
+        self.assertEqual(reply.rcode(), dns.rcode.SERVFAIL, reply)
+        self.assertEqual(b.handler.counters["stale"], 0)

@@ -221,6 +221,7 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     ))
     if backend is not None:
         BackendService(backend).setServiceParent(root)
+        ClockSyncService(shared_store, reactor=reactor).setServiceParent(root)
     ClosingService(pool.close).setServiceParent(root)
     if isinstance(invalidator, service.Service):
         invalidator.setServiceParent(root)
@@ -277,3 +278,36 @@ class ClosingService(service.Service):
     def stopService(self):
         super().stopService()
         self._close()
+
+
+class ClockSyncService(service.Service):
+    """
+    Keeps the shared store's offset to Redis's clock: a sample every
+    ``interval`` seconds, and every ``retry`` seconds until the first one
+    succeeds (Redis may not be reachable yet at start).
+    """
+
+    def __init__(self, store, *, reactor, interval: float = 60.0, retry: float = 1.0) -> None:
+        self._store = store
+        self._reactor = reactor
+        self._interval = interval
+        self._retry = retry
+        self._call = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._sample()
+
+    def stopService(self):
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _sample(self) -> None:
+        self._call = None
+        self._store.sync_clock().addCallback(self._again)
+
+    def _again(self, synced: bool) -> None:
+        if self.running:
+            self._call = self._reactor.callLater(self._interval if synced else self._retry, self._sample)

@@ -3,10 +3,14 @@ The shared L2 cache in Redis (mode ``hybrid``): RRsets and negative
 answers every worker of every site can read, in the format of
 :mod:`dnsgo.cache.shared_format` (``docs/redis-format.md``).
 
-Reads count down the TTL from the time the value was stored, by the wall
-clock (``reactor.seconds()``) of whichever worker reads it: the sites need
-synchronised clocks (NTP).  A reader's clock ahead of the writer's ages
-entries early; one behind never makes a TTL grow past the stored one.  An
+Every worker counts the shared entries' TTLs on one clock, Redis's: a
+store keeps the offset between its reactor's clock and Redis's ``TIME``
+(:meth:`SharedRRsetStore.sync_clock`, sampled at start and every minute by
+the process root), writes stored-at times and counts remaining TTLs on
+``reactor.seconds() + offset`` (:meth:`SharedRRsetStore.now`).  So workers
+whose clocks disagree (two sites 30 s apart) agree on every remaining TTL
+to within the sampling error (half a round trip), with no NTP needed.
+Until the first sample the offset is 0 (the worker's own clock).  An
 entry whose DNS TTL has run out is a miss, but stays in Redis until
 ``ceil(ttl * ttl_multiplier)`` seconds after it was written, for
 :meth:`SharedRRsetStore.get_stale` (RFC 8767).
@@ -139,8 +143,38 @@ class SharedRRsetStore:
         self._encode_logged = False
         self._hits = self._misses = self._corrupt = self._errors = 0
         self._rejected = self._bad_signatures = 0
+        self._offset = 0.0
+        self._clock_synced = False
         self._rejection_logged = False
         self._writes = self._dropped = 0
+
+    def now(self) -> float:
+        """The shared cache's clock: this reactor's seconds plus the offset to Redis's ``TIME``."""
+        return self._reactor.seconds() + self._offset
+
+    @property
+    def clock_offset(self) -> float:
+        """Seconds to add to this reactor's clock to read Redis's (0 until the first sample)."""
+        return self._offset
+
+    def sync_clock(self) -> defer.Deferred:
+        """
+        Sample Redis's ``TIME`` and keep the offset to this reactor's clock
+        (the sample is taken as of the middle of the round trip).  Fires
+        with True once it has, False when Redis could not be asked (the
+        previous offset stays).  Never fails.
+        """
+        sent = self._reactor.seconds()
+        d = defer.maybeDeferred(self._backend.time)
+
+        def sampled(redis_time: float) -> bool:
+            received = self._reactor.seconds()
+            self._offset = redis_time - (sent + received) / 2
+            self._clock_synced = True
+            return True
+
+        d.addCallbacks(sampled, lambda failure: False)
+        return d
 
     @property
     def key_prefix(self) -> bytes:
@@ -198,7 +232,7 @@ class SharedRRsetStore:
 
         def stale(value):
             entry = self._decoded(value, key, Kind.RRSET, name, type, cls)
-            now = self._reactor.seconds()
+            now = self.now()
             if entry is None or entry.rank < Rank.ANSWER or -entry.remaining(now) >= max_stale:
                 self._misses += 1
                 return None
@@ -212,7 +246,7 @@ class SharedRRsetStore:
 
     def headers(self, entry: Entry) -> list[dns.RRHeader]:
         """New ``RRHeader`` objects for ``entry``'s records, with the TTL that remains now."""
-        return entry.headers(self._reactor.seconds())
+        return entry.headers(self.now())
 
     def _negative_of(self, entry):
         if entry is None or entry.kind == Kind.RRSET:
@@ -236,7 +270,7 @@ class SharedRRsetStore:
                 self._errors += 1
             self._misses += 1
             return None
-        now = self._reactor.seconds()
+        now = self.now()
         expected = [(Kind.RRSET, type), (Kind.NODATA, dns.SOA), (Kind.NXDOMAIN, dns.SOA), (Kind.RRSET, dns.CNAME)]
         live = []
         for value, key, (kind, rtype) in zip(values, keys, expected):
@@ -289,7 +323,7 @@ class SharedRRsetStore:
             zone = normalize_name(entry.records[0].name.name)
             belongs = not zone or owner == zone or owner.endswith(b"." + zone)
             cap = self._negative_ttl
-        if not belongs or entry.stored_at > self._reactor.seconds() + CLOCK_SKEW or cap <= 0:
+        if not belongs or entry.stored_at > self.now() + CLOCK_SKEW or cap <= 0:
             self._rejected += 1
             self._log_rejection("holds another name's records or a future time", key)
             return None
@@ -321,7 +355,7 @@ class SharedRRsetStore:
         if guard is not None and guard.breaker.state == "open":
             self._dropped += 1
             return
-        now = self._reactor.seconds()
+        now = self.now()
         prefix = self._prefix
         for item in learned:
             try:

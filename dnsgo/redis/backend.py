@@ -89,5 +89,8 @@ class RedisBackend(Protocol):
     def info(self) -> defer.Deferred:
         """Fires with a dict: keys (int), used_memory (int), and any hits/misses Redis reports."""
 
+    def time(self) -> defer.Deferred:
+        """Fires with Redis's clock (TIME), in seconds since the epoch: the one clock of the shared cache."""
+
     def status(self) -> BackendStatus:
         """The current status, synchronously."""

@@ -413,6 +413,15 @@ class ClusterRedis:
             "masters": len(masters),
         }
 
+    def time(self) -> defer.Deferred:
+        """Fires with the clock (TIME) of the first master, in seconds since the epoch."""
+        masters = self._masters()
+        if not masters:
+            return defer.fail(RedisUnavailable("no Redis Cluster slot map"))
+        master = masters[0]
+        d = self._guard.read(lambda: self._client(master).execute(*commands.TIME))
+        return d.addCallback(commands.parse_time)
+
     def status(self) -> BackendStatus:
         """
         'connected' when a slot map is loaded, every master in it has a

@@ -24,6 +24,7 @@ INFO_FIELDS = ("used_memory", "keyspace_hits", "keyspace_misses", "evicted_keys"
 
 DBSIZE = (b"DBSIZE",)
 INFO = (b"INFO",)
+TIME = (b"TIME",)
 
 
 def get(key: bytes) -> tuple:
@@ -65,6 +66,12 @@ def parse_scan(reply) -> tuple[int, list]:
     """A SCAN reply as (the next cursor, the keys of this step)."""
     cursor, keys = reply
     return int(cursor), list(keys or ())
+
+
+def parse_time(reply) -> float:
+    """A TIME reply (seconds, microseconds) as float seconds since the epoch."""
+    seconds, micros = reply
+    return int(seconds) + int(micros) / 1e6
 
 
 def parse_info(text: bytes | str) -> dict[str, str]:
@@ -134,6 +141,10 @@ class NodeCommands:
     def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
         """PUBLISH; fires with the number of receivers."""
         return self._write(publish(channel, message))
+
+    def time(self) -> defer.Deferred:
+        """Fires with the server's clock (TIME) in seconds since the epoch."""
+        return self._admin(TIME).addCallback(parse_time)
 
     @defer.inlineCallbacks
     def info(self):

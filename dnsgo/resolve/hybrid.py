@@ -110,7 +110,7 @@ class HybridRRsetResolver(common.ResolverBase):
             self._copy(entry, name, qtype, cls)
         except Exception:
             self._failed()
-        headers = entry.headers(self._reactor.seconds())
+        headers = self._shared.headers(entry)
         if entry.kind == Kind.NXDOMAIN:
             return Negative(dns.ENAME, headers[0])
         if entry.kind == Kind.NODATA:
@@ -124,12 +124,14 @@ class HybridRRsetResolver(common.ResolverBase):
         if entry.kind == Kind.RRSET:
             payloads = [rr.payload for rr in entry.records]
             self._local.insert_rrset(
-                first.name.name, first.type, first.cls, payloads, entry.ttl, rank=entry.rank, stored_at=entry.stored_at
+                first.name.name, first.type, first.cls, payloads, entry.ttl, rank=entry.rank,
+                stored_at=entry.stored_at - self._shared.clock_offset,  # Redis's clock to this worker's
             )
         else:
             rcode = dns.ENAME if entry.kind == Kind.NXDOMAIN else dns.OK
             type = None if entry.kind == Kind.NXDOMAIN else qtype
-            self._local.insert_negative(name, type, cls, rcode, first, entry.ttl, stored_at=entry.stored_at)
+            self._local.insert_negative(name, type, cls, rcode, first, entry.ttl,
+                                        stored_at=entry.stored_at - self._shared.clock_offset)
 
     def _failed(self, failure=None) -> None:
         """Count and (once) log an unexpected error, inside an ``except`` block or as an errback; it is a miss."""

@@ -213,6 +213,10 @@ class FakeRedis:
         self.server.channels.setdefault(channel, []).append(sub)
         return sub
 
+    def time(self) -> defer.Deferred:
+        """TIME: the server's clock."""
+        return self._op("time", (), lambda: self.server.clock.seconds())
+
     def info(self) -> defer.Deferred:
         """Key count and a rough memory figure."""
         return self._op(

@@ -839,3 +839,42 @@ class SigningTests(StoreTestCase):
         other = self.fresh(signer=self.signer)
         self.assertIsNone(result_of(other.store.get(b"www.example.com", dns.A)))
         self.assertEqual(other.store.stats().bad_signatures, 1)
+
+
+class SharedClockTests(StoreTestCase):
+    """Remaining TTLs on Redis's clock, whatever the workers' clocks say."""
+
+    def skewed(self, skew: float):
+        """A worker whose own clock is ``skew`` seconds off the Redis server's."""
+        clock = Clock()
+        clock.advance(EPOCH + skew)
+        return Worker(self.server, clock), clock
+
+    def test_workers_30_s_apart_agree(self):
+        """
+        A worker 30 s ahead writes, one 30 s behind reads: after both sampled
+        Redis's TIME, the reader sees the TTL counted down by the time that
+        really passed (on the server's clock), not by 60 s more or less.
+        """
+        ahead, ahead_clock = self.skewed(30)
+        behind, behind_clock = self.skewed(-30)
+        for worker in (ahead, behind):
+            self.assertTrue(result_of(worker.store.sync_clock()))
+        self.assertEqual((ahead.store.clock_offset, behind.store.clock_offset), (-30.0, 30.0))
+        ahead.reply(b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1", 300)])
+        for clock in (self.clock, ahead_clock, behind_clock):
+            clock.advance(10)
+        self.assertEqual(ttls(result_of(behind.store.get(b"www.example.com", dns.A))), [290])
+        answers, _, _ = behind.ask(b"www.example.com")
+        self.assertEqual(ttls(answers), [290])
+        # The local copy B keeps counts on B's own clock from the converted time.
+        behind_clock.advance(5)
+        self.assertEqual(ttls(behind.local.get(b"www.example.com", dns.A)), [285])
+
+    def test_unsampled_clock_is_the_workers(self):
+        """Before a sample (or when Redis cannot be asked), the offset stays 0 and sync_clock says False."""
+        worker, _ = self.skewed(30)
+        self.assertEqual(worker.store.clock_offset, 0.0)
+        worker.redis.fail = True
+        self.assertFalse(result_of(worker.store.sync_clock()))
+        self.assertEqual(worker.store.clock_offset, 0.0)

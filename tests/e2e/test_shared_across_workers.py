@@ -1,15 +1,22 @@
 """
-Serve-stale across the cluster (RFC 8767, RFC 8914): a worker that never
-saw a name answers it from the shared cache's expired-but-kept data when
-the upstream is dead.  Real redis-server, real dnsgo workers on 127.0.0.1,
-dnspython as the client.
+The shared cache across workers, end to end: serve-stale across the
+cluster (RFC 8767, RFC 8914) -- a worker that never saw a name answers it
+from Redis's expired-but-kept data when the upstream is dead -- and
+remaining TTLs counted on Redis's clock, whatever the workers' clocks say.
+Real redis-server, real dnsgo workers on 127.0.0.1, dnspython as the client.
 """
 import time
 
 import dns.edns
 import dns.rcode
 from twisted.internet import defer, reactor, task
+from twisted.names import dns as tdns
 from twisted.trial import unittest
+
+from dnsgo.cache.rrset import LearnedRRset, Rank
+from dnsgo.cache.shared import SharedRRsetStore
+from dnsgo.config import Address, SharedCacheConfig
+from dnsgo.redis.factory import build_backend
 
 from tests.support import redis_procs
 from tests.support.authority import AuthorityServer
@@ -89,3 +96,52 @@ class SharedServeStaleTests(unittest.TestCase):
         reply = yield ask(port(b), SHORT, use_edns=0, timeout=5)
         self.assertEqual(reply.rcode(), dns.rcode.SERVFAIL, reply)
         self.assertEqual(b.handler.counters["stale"], 0)
+
+
+class SkewedReactor:
+    """The real reactor, but for a clock ``skew`` seconds off (a worker at another site without NTP)."""
+
+    def __init__(self, skew: float) -> None:
+        self._skew = skew
+
+    def seconds(self) -> float:
+        """The skewed clock."""
+        return reactor.seconds() + self._skew
+
+    def __getattr__(self, name):
+        return getattr(reactor, name)
+
+
+class SharedClockE2ETests(unittest.TestCase):
+    """Two stores on one real redis-server, their clocks 60 s apart, agree on remaining TTLs."""
+
+    skip = redis_procs.SKIP
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_sixty_seconds_apart_within_one_second(self):
+        """
+        After sampling Redis's TIME, a store 30 s behind reads what a store 30
+        s ahead wrote with the TTL the server's clock gives (within 1 s);
+        without the sample the value would look 60 s in the future.
+        """
+        redis = RedisServer().start()
+        self.addCleanup(redis.stop)
+        shared = SharedCacheConfig(enabled=True, type="redis", address=Address("127.0.0.1", redis.port))
+        stores = []
+        for skew in (30.0, -30.0):
+            backend = build_backend(shared, "", reactor)
+            yield backend.start()
+            self.addCleanup(backend.stop)
+            stores.append(SharedRRsetStore(backend, reactor=SkewedReactor(skew)))
+        ahead, behind = stores
+        for store in stores:
+            self.assertTrue((yield store.sync_clock()))
+        self.assertLess(abs(ahead.clock_offset - behind.clock_offset + 60.0), 0.1)
+        rdata = tdns.Record_A("192.0.2.1")
+        ahead.store_learned([LearnedRRset(b"www.example.com", tdns.A, tdns.IN, b"www.example.com", (rdata,), 300, Rank.ANSWER)])
+        yield ahead.idle()
+        yield sleep(1.2)
+        records = yield behind.get(b"www.example.com", tdns.A)
+        self.assertIsNotNone(records)
+        self.assertIn(records[0].ttl, (298, 299))

@@ -445,41 +445,16 @@ def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additiona
     What an upstream reply to ``query`` teaches, in the order a cache should
     store it: :class:`LearnedRRset` items of the additional, authority and
     answer sections (only the question's own answers, at answer rank), then
-    at most one :class:`LearnedNegative` (for the question's name only).  The rules are
-    the module's (grouping, ranking, RFC 2308); every L2 store shares them.
+    at most one :class:`LearnedNegative` (for the question's name only).
+    The rules are the module's (grouping, ranking, RFC 2308); every L2
+    store shares them.
     """
-    qtype, qcls = query.type, query.cls
-    if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
+    if query.type in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
         return []
-    qname = normalize_name(query.name.name)
-    learned: list = []
-    for rank, section in ((Rank.ADDITIONAL, additional), (Rank.AUTHORITY, authority)):
-        for (name, type, cls), group in _group(section).items():
-            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, rank))
-
-    groups = _group(answers)
-    chain, complete = _follow_chain(groups, qname, qtype, qcls)
-    last = chain[-1]
-    for (name, type, cls), group in groups.items():
-        # Only the question's own records answer anything: the rest of the
-        # chain completes this one reply, and must not answer a direct query
-        # for those names, which the upstream may have refused or answered
-        # otherwise (RFC 2181 §5.4.1).
-        if cls != qcls or name != qname:
-            continue
-        if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
-            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, Rank.ANSWER))
-
-    if complete and last == qname:
-        if rcode == dns.ENAME:
-            negative = _learn_negative(last, None, qcls, dns.ENAME, authority)
-        elif (last, qtype, qcls) not in groups:
-            negative = _learn_negative(last, qtype, qcls, dns.OK, authority)
-        else:
-            negative = None
-        if negative is not None:
-            learned.append(negative)
-    return learned
+    return _learn(
+        query, rcode, _group(additional), _group(authority), _group(answers), _object_target,
+        lambda name, type, cls, rcode: _learn_negative(name, type, cls, rcode, authority),
+    )
 
 
 def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
@@ -490,24 +465,42 @@ def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
     ``query`` is the question asked (its name, type and class count, not
     the reply's copy of it).
     """
-    qtype, qcls = query.type, query.cls
     rcode = reply.rcode
-    if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
+    if query.type in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
         return []
-    qname = normalize_name(query.name.name)
     sections = ([], [], [])
     for record in reply.records:
         if record.type not in _NOT_CACHED_TYPES:
             sections[record.section].append(record)
+    authority = sections[wire_records.AUTHORITY]
+    return _learn(
+        query, rcode, _group_wire(sections[wire_records.ADDITIONAL]), _group_wire(authority),
+        _group_wire(sections[wire_records.ANSWER]), _wire_target,
+        lambda name, type, cls, rcode: _learn_wire_negative(name, type, cls, rcode, authority),
+    )
+
+
+def _learn(query, rcode: int, additional: dict, authority: dict, answers: dict, target_of, negative_of) -> list:
+    """
+    The rules of :func:`learn_from_reply` over grouped sections (RRsets by
+    (name, type, class)); ``target_of`` reads a CNAME payload's target and
+    ``negative_of(name, type, cls, rcode)`` finds the negative answer the
+    authority section allows.
+    """
+    qtype, qcls = query.type, query.cls
+    qname = normalize_name(query.name.name)
     learned: list = []
-    for rank, section in ((Rank.ADDITIONAL, sections[wire_records.ADDITIONAL]), (Rank.AUTHORITY, sections[wire_records.AUTHORITY])):
-        for (name, type, cls), group in _group_wire(section).items():
+    for rank, groups in ((Rank.ADDITIONAL, additional), (Rank.AUTHORITY, authority)):
+        for (name, type, cls), group in groups.items():
             learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, rank))
 
-    groups = _group_wire(sections[wire_records.ANSWER])
-    chain, complete = _follow_chain(groups, qname, qtype, qcls, _wire_target)
+    chain, complete = _follow_chain(answers, qname, qtype, qcls, target_of)
     last = chain[-1]
-    for (name, type, cls), group in groups.items():
+    for (name, type, cls), group in answers.items():
+        # Only the question's own records answer anything: the rest of the
+        # chain completes this one reply, and must not answer a direct query
+        # for those names, which the upstream may have refused or answered
+        # otherwise (RFC 2181 §5.4.1).
         if cls != qcls or name != qname:
             continue
         if type == RRSIG or (name == last and type == qtype) or (type == dns.CNAME and name != last):
@@ -516,9 +509,9 @@ def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
     if complete and last == qname:
         negative = None
         if rcode == dns.ENAME:
-            negative = _learn_wire_negative(last, None, qcls, dns.ENAME, sections[wire_records.AUTHORITY])
-        elif (last, qtype, qcls) not in groups:
-            negative = _learn_wire_negative(last, qtype, qcls, dns.OK, sections[wire_records.AUTHORITY])
+            negative = negative_of(last, None, qcls, dns.ENAME)
+        elif (last, qtype, qcls) not in answers:
+            negative = negative_of(last, qtype, qcls, dns.OK)
         if negative is not None:
             learned.append(negative)
     return learned

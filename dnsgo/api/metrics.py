@@ -162,8 +162,24 @@ def _worker_families(f: _Families, w: WorkerSample) -> None:
     _cache_families(f, w.worker_id, snap)
     for up in snap.get("upstreams", ()):
         _upstream_families(f, w.worker_id, up)
+    pool = snap.get("upstreamPool") or {}
+    for name, key, doc in _POOL_COUNTERS:
+        if key in pool:
+            f.add(CounterMetricFamily, name, doc, ("worker",), me, pool[key])
     if snap.get("sharedCache"):
         _redis_families(f, w.worker_id, snap["sharedCache"])
+
+
+#: The upstream pool's counters: (metric, snapshot key, help).
+_POOL_COUNTERS = (
+    ("dnsgo_upstream_retransmits", "retransmits", "Questions sent again to an upstream after its RTO passed."),
+    ("dnsgo_upstream_late_replies", "late", "Upstream replies that came after their transmission timed out."),
+    ("dnsgo_upstream_tcp_fallbacks", "tcp_fallback", "Questions sent over TCP after repeated UDP losses."),
+    ("dnsgo_upstream_timeouts", "timeouts", "Upstream transmissions that got no reply in time."),
+    ("dnsgo_upstream_no_socket", "no_socket", "Upstream sockets not opened for want of a descriptor."),
+    ("dnsgo_upstream_spoofed", "spoofed", "Messages ignored: wrong source, ID, QR or question."),
+    ("dnsgo_upstream_malformed", "malformed", "Upstream replies refused as malformed."),
+)
 
 
 def _cache_families(f: _Families, worker: str, snap: dict) -> None:

@@ -38,6 +38,7 @@ def worker_snapshot(root, reactor) -> dict:
         "staleAnswers": handler.counters["stale"],
         "servfails": handler.counters["servfail"],
         "upstreams": [attrs.asdict(u) for u in root.infra.snapshot()],
+        "upstreamPool": attrs.asdict(root.pool.stats),
         "sharedCache": shared_snapshot(root.backend, root.shared_store),
         "invalidation": attrs.asdict(root.invalidator.stats()),
     }

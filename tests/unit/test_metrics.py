@@ -112,6 +112,15 @@ class FamilyTests(unittest.SynchronousTestCase):
         self.assertEqual(self.s[("dnsgo_upstream_queries_total", up)], 10)
         self.assertEqual(self.s[("dnsgo_upstream_healthy", up)], 1)
 
+    def test_upstream_pool_counters(self):
+        """The pool's retransmits, late replies, TCP fallbacks and the rest are per-worker counters."""
+        me = labels(worker="w1")
+        for name, value in (("dnsgo_upstream_retransmits_total", 4), ("dnsgo_upstream_late_replies_total", 1),
+                            ("dnsgo_upstream_tcp_fallbacks_total", 2), ("dnsgo_upstream_timeouts_total", 5),
+                            ("dnsgo_upstream_no_socket_total", 0), ("dnsgo_upstream_spoofed_total", 3),
+                            ("dnsgo_upstream_malformed_total", 1)):
+            self.assertEqual(self.s[(name, me)], value, name)
+
     def test_redis(self):
         """Breaker state open is 2; trips, errors and the Redis latency histogram are reported."""
         w1 = labels(worker="w1")

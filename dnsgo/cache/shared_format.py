@@ -14,7 +14,7 @@ root written ``.``; every byte other than ``a-z 0-9 - _ .`` is written
 ``\\DDD`` (its decimal value, as in zone files), so an owner never holds
 ``:``, ``{``, ``}`` or a glob character and every key splits one way only.
 A ``.`` inside a label cannot be told from one between labels here, so no
-such name is ever cached (:func:`dnsgo.dns.records.has_dotted_label`).  The
+such name is ever cached (:func:`dnsgo.dns.records.read_reply`).  The
 braces make the owner a Redis Cluster hash tag: all keys of one name live
 in one slot, so the MGET of a lookup goes to one node.
 

@@ -5,7 +5,7 @@ of NS, CNAME, SOA, MX, SRV, ... expanded), so a record can be stored, shared
 and later decoded on its own.  This is what the caches learn from on the
 miss path instead of a decoded ``dns.Message``.
 
-A name with a ``.`` inside a label is noted as it is read (``dotted``):
+A name with a ``.`` inside a label is noted as it is read (``ReadReply.dotted``):
 twisted.names would read such a label as two, so such replies fill no cache.
 """
 from __future__ import annotations
@@ -153,60 +153,6 @@ def _expand_rdata(msg: bytes, start: int, end: int, steps) -> tuple[bytes, bool]
             raise ValueError("rdata shorter than its names")
     parts.append(msg[at:end])
     return b"".join(parts), dotted
-
-
-def _dotted_name_at(msg: bytes, pos: int) -> tuple[bool, int]:
-    """Whether the (possibly compressed) name at ``pos`` has a dotted label, and the offset past it."""
-    name, end = read_name(msg, pos)
-    return label_has_dot(name), end
-
-
-def has_dotted_label(msg: bytes) -> bool:
-    """
-    Whether any name in the message that twisted.names would decode (the
-    question, every owner, the names inside NS, CNAME, SOA, MX, SRV, ...
-    rdata) has a ``.`` inside a label.  Meant for messages
-    :func:`scan_response` accepted: a message without any ``.`` byte is
-    answered False unread, and one malformed where it is read raises
-    ValueError.
-    """
-    if 0x2E not in msg:  # no "." byte at all: no dotted label
-        return False
-    n = len(msg)
-    if n < 12:
-        raise ValueError("message shorter than a DNS header")
-    _, _, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
-    pos = 12
-    for _ in range(qdcount):
-        dotted, pos = _dotted_name_at(msg, pos)
-        if dotted:
-            return True
-        pos += 4
-    for _ in range(ancount + nscount + arcount):
-        dotted, pos = _dotted_name_at(msg, pos)
-        if dotted:
-            return True
-        if pos + 10 > n:
-            raise ValueError("truncated resource record")
-        rtype, _, _, rdlength = _RR_FIXED.unpack_from(msg, pos)
-        pos += 10
-        end = pos + rdlength
-        steps = RDATA_NAMES.get(rtype)
-        if steps is not None:
-            at = pos
-            for step in steps:
-                if step == "n":
-                    dotted, at = _dotted_name_at(msg, at)
-                    if dotted:
-                        return True
-                elif step == "s":
-                    at += 1 + msg[at] if at < end else 1
-                else:
-                    at += step
-                if at > end:
-                    raise ValueError("rdata shorter than its names")
-        pos = end
-    return False
 
 
 def decode_rdata(rtype: int, ttl: int, rdata: bytes):

@@ -806,19 +806,6 @@ def label_has_dot(name: bytes) -> bool:
     return False
 
 
-def bound_ttls(msg: bytes, layout: ResponseLayout, max_ttl: int) -> bytes:
-    """
-    ``msg`` with every TTL above ``max_ttl`` lowered to it, and every TTL
-    with its top bit set made 0 (RFC 2181 §8); ``msg`` itself when no TTL
-    needs it.
-    """
-    offsets = layout.ttl_offsets
-    bounded = [ttl if ttl <= max_ttl else max_ttl for ttl in layout.orig_ttls]
-    if all(_U32.unpack_from(msg, offset)[0] == ttl for offset, ttl in zip(offsets, bounded)):
-        return msg
-    return render_ttls(msg, offsets, bounded, 0)
-
-
 _TYPE_SOA = 6
 _TYPE_CNAME = 5
 _AA_AD = 0x0400 | 0x0020

@@ -20,7 +20,7 @@ class FlaggedQuery(dns.Query):
 
     ``dotted`` says the name has a ``.`` inside a label: its dotted form
     (``name``) is then ambiguous, and the caches must neither answer nor
-    learn from it (:func:`dnsgo.dns.records.has_dotted_label`).
+    learn from it (:func:`dnsgo.dns.records.read_reply`).
 
     Resolvers that do not know about the extra attributes see an ordinary
     ``dns.Query``.

@@ -76,7 +76,6 @@ class AgreementTests(SynchronousTestCase):
         self.assertEqual(wire_to_dotted(reply.qname), qname.rstrip(".").encode())
         self.assertEqual([decoded(r) for r in reply.records], twisted_records(msg))
         self.assertFalse(reply.dotted)
-        self.assertEqual(reply.dotted, records.has_dotted_label(msg))
 
     @settings(max_examples=300, deadline=None)
     @given(st.data())
@@ -124,10 +123,9 @@ class AgreementTests(SynchronousTestCase):
         self.assertEqual([r.ttl for r in reply.records], [0, 3600, 60])
 
     def test_dotted_label_in_rdata(self):
-        """A dotted label inside a CNAME target is noted, as has_dotted_label notes it."""
+        """A dotted label inside a CNAME target is noted."""
         msg = render("q.example.", [("q.example.", 300, ("CNAME", "a\\.b.example."))], [], [], False)
         self.assertTrue(records.read_reply(msg).dotted)
-        self.assertTrue(records.has_dotted_label(msg))
 
     def test_fixed_size_rdata_checked(self):
         """An A record whose rdata is not 4 bytes is refused (twisted.names would not decode it either)."""

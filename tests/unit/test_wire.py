@@ -843,6 +843,11 @@ class NameTextTests(SynchronousTestCase):
         self.assertEqual(dns.name.from_text(text).to_wire(), name.to_wire())
 
 
+def dotted(msg: bytes) -> bool:
+    """Whether read_reply notes a name with a dotted label in ``msg``."""
+    return records.read_reply(msg).dotted
+
+
 class DottedLabelTests(SynchronousTestCase):
     """Finding names whose labels hold a ``.``, which twisted.names would split in two."""
 
@@ -866,7 +871,7 @@ class DottedLabelTests(SynchronousTestCase):
 
     def test_plain_reply(self):
         """A reply with ordinary names (and dot bytes in its rdata and TTLs) has none."""
-        self.assertFalse(records.has_dotted_label(self.reply("q.example. A 46.46.46.46", "q.example. TXT a.b.c")))
+        self.assertFalse(dotted(self.reply("q.example. A 46.46.46.46", "q.example. TXT a.b.c")))
 
     def test_each_place_a_name_can_be(self):
         """The question, an owner and the names inside CNAME, SOA, MX, SRV and NAPTR rdata are all looked at."""
@@ -880,31 +885,32 @@ class DottedLabelTests(SynchronousTestCase):
             "NAPTR": self.reply('q.example. NAPTR 1 2 "u" "E2U+sip" "" r\\.x.example.'),
         }
         for place, msg in cases.items():
-            self.assertTrue(records.has_dotted_label(msg), place)
+            self.assertTrue(dotted(msg), place)
 
     def test_compressed_names_followed(self):
         """A dotted label reached through a compression pointer counts."""
         msg = self.reply("a\\.b.example. A 192.0.2.1", "q.example. CNAME a\\.b.example.")
         self.assertIn(b"\xc0", msg)
-        self.assertTrue(records.has_dotted_label(msg))
+        self.assertTrue(dotted(msg))
 
     def test_malformed_raises(self):
-        """A name cut short after a dot byte raises ValueError, as scan_response does."""
+        """A name cut short raises ValueError, as scan_response does."""
         msg = self.reply(qname="a\\.b.example.")
         with self.assertRaises(ValueError):
-            records.has_dotted_label(msg[:20])
+            dotted(msg[:20])
 
-    def test_bound_ttls(self):
-        """TTLs above max_ttl are lowered, top-bit TTLs become 0, and a reply needing neither is returned as is."""
+    def test_relay_body_ttls(self):
+        """TTLs above max_ttl are lowered, top-bit TTLs become 0, and a reply needing neither keeps its bytes."""
+        q = wire.parse_query(dns.message.make_query("q.example.", "A", id=77).to_wire())
         msg = self.reply("q.example. A 192.0.2.1")
         layout = wire.scan_response(msg)
-        self.assertIs(wire.bound_ttls(msg, layout, 300), msg)
-        lowered = wire.bound_ttls(msg, layout, 100)
+        self.assertEqual(wire.relay_body(msg, q, 300, 3600)[12:], msg[12:])
+        lowered = wire.relay_body(msg, q, 100, 3600)
         self.assertEqual(wire.scan_response(lowered).orig_ttls, (100,))
         top = bytearray(msg)
         struct.pack_into("!I", top, layout.ttl_offsets[0], 2**31 + 5)
         top = bytes(top)
-        self.assertEqual(struct.unpack_from("!I", wire.bound_ttls(top, wire.scan_response(top), 100), layout.ttl_offsets[0]), (0,))
+        self.assertEqual(struct.unpack_from("!I", wire.relay_body(top, q, 100, 3600), layout.ttl_offsets[0]), (0,))
 
 
 class RelayBodyTests(SynchronousTestCase):

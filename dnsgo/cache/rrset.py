@@ -544,8 +544,7 @@ def _learn_wire_negative(name: bytes, type: int | None, cls: int, rcode: int, au
         if record.type != dns.SOA or record.cls != cls:
             continue
         owner = wire_to_dotted(record.owner)
-        zone = normalize_name(owner)
-        if zone and name != zone and not name.endswith(b"." + zone):
+        if not at_or_below(name, normalize_name(owner)):
             continue
         try:
             payload = wire_records.decode_rdata(dns.SOA, record.ttl, record.rdata)
@@ -623,17 +622,19 @@ def _zone_soa(authority, name: bytes, cls: int):
     for rr in authority:
         if rr.type != dns.SOA or rr.cls != cls:
             continue
-        zone = normalize_name(rr.name.name)
-        if not zone or name == zone or name.endswith(b"." + zone):
+        if at_or_below(name, normalize_name(rr.name.name)):
             return rr
     return None
 
 
 def _name_matches(key_name: bytes, name: bytes, subtree: bool) -> bool:
     """Whether ``key_name`` is ``name`` or, with ``subtree``, below it (everything below the root)."""
-    if key_name == name:
-        return True
-    return subtree and (not name or key_name.endswith(b"." + name))
+    return key_name == name or (subtree and at_or_below(key_name, name))
+
+
+def at_or_below(name: bytes, ancestor: bytes) -> bool:
+    """Whether the key-form ``name`` is ``ancestor`` or below it, at label boundaries (everything is below the root, ``b""``)."""
+    return not ancestor or name == ancestor or name.endswith(b"." + ancestor)
 
 
 def normalize_name(name: bytes) -> bytes:

@@ -58,7 +58,7 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from dnsgo.cache import shared_format as fmt
-from dnsgo.cache.rrset import LearnedRRset, Rank, learn_from_reply, normalize_name
+from dnsgo.cache.rrset import LearnedRRset, Rank, at_or_below, learn_from_reply, normalize_name
 from dnsgo.cache.shared_format import Entry, Kind
 from dnsgo.cache.signing import Signer
 from dnsgo.dns.names import dotted_to_wire
@@ -320,8 +320,7 @@ class SharedRRsetStore:
             belongs = all(normalize_name(rr.name.name) == owner for rr in entry.records)
             cap = self._max_ttl
         else:
-            zone = normalize_name(entry.records[0].name.name)
-            belongs = not zone or owner == zone or owner.endswith(b"." + zone)
+            belongs = at_or_below(owner, normalize_name(entry.records[0].name.name))
             cap = self._negative_ttl
         if not belongs or entry.stored_at > self.now() + CLOCK_SKEW or cap <= 0:
             self._rejected += 1

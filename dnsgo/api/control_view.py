@@ -5,23 +5,12 @@ shared cache read from Redis.
 """
 from twisted.internet import defer
 
-from dnsgo.api.local_view import architecture
-from dnsgo.api.shared_status import shared_cache_status
+from dnsgo.api.local_view import RootView
 from dnsgo.invalidation.flush import Flush, flush_shared
 
 
-class ControlClusterView:
+class ControlClusterView(RootView):
     """ClusterView over a :class:`dnsgo.app.roles.ControlRoot`."""
-
-    def __init__(self, root, *, reactor) -> None:
-        self._root = root
-        self._reactor = reactor
-
-    def mode(self) -> str:
-        return self._root.config.cache.mode
-
-    def architecture(self) -> dict:
-        return architecture(self._root.config)
 
     def ready(self) -> bool:
         control = self._root.control
@@ -29,10 +18,6 @@ class ControlClusterView:
 
     def workers(self) -> list:
         return self._root.registry.workers()
-
-    def shared_cache(self) -> defer.Deferred:
-        return shared_cache_status(self._root.config, self._root.backend, self._root.shared_store,
-                                   reactor=self._reactor)
 
     def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
         control = self._root.control

@@ -59,8 +59,12 @@ class LocalWorker:
     snapshot: dict | None
 
 
-class LocalClusterView:
-    """The management API's view of a single serving process."""
+class RootView:
+    """
+    What the views of a process root share: the mode and architecture its
+    configuration gives, and the shared cache's status (root.config,
+    root.backend, root.shared_store).
+    """
 
     def __init__(self, root, *, reactor) -> None:
         self._root = root
@@ -71,6 +75,14 @@ class LocalClusterView:
 
     def architecture(self) -> dict:
         return architecture(self._root.config)
+
+    def shared_cache(self) -> defer.Deferred:
+        root = self._root
+        return shared_cache_status(root.config, root.backend, root.shared_store, reactor=self._reactor)
+
+
+class LocalClusterView(RootView):
+    """The management API's view of a single serving process."""
 
     def ready(self) -> bool:
         return bool(self._root.running and self._root.dns_service is not None and self._root.dns_service.running)
@@ -87,10 +99,6 @@ class LocalClusterView:
                 snapshot=worker_snapshot(self._root, self._reactor),
             )
         ]
-
-    def shared_cache(self) -> defer.Deferred:
-        root = self._root
-        return shared_cache_status(root.config, root.backend, root.shared_store, reactor=self._reactor)
 
     def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
         """

@@ -811,7 +811,8 @@ _TYPE_CNAME = 5
 _AA_AD = 0x0400 | 0x0020
 
 
-def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int) -> bytes:
+def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
+               layout: ResponseLayout | None = None) -> bytes:
     """
     The body (no OPT) of the reply to ``query`` built from an upstream's
     ``reply`` bytes, nothing decoded: ``query``'s ID, RD, CD and question
@@ -821,9 +822,11 @@ def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int) 
     NODATA, the SOA's TTL at most min(SOA MINIMUM, ``negative_cap``)
     (RFC 2308), so the client and the caches agree.  ``reply`` must answer
     ``query``'s question (the upstream pool checked it); raises ValueError
-    where its bytes do not hold together.
+    where its bytes do not hold together.  ``layout`` is ``reply``'s
+    :func:`scan_response`, when the caller has it already.
     """
-    layout = scan_response(reply)
+    if layout is None:
+        layout = scan_response(reply)
     if layout.qdcount == 0:
         # An error reply without a question (FORMERR from a server that
         # dislikes EDNS): the client's question goes in.

@@ -199,7 +199,7 @@ class QueryHandler:
     def _answered(self, result, q: wire.QueryInfo):
         if result.__class__ is UpstreamReply:
             # A relaying forwarder's answer: the upstream's bytes, passed on.
-            body = wire.relay_body(result.wire, q, self._max_ttl, self._negative_ttl)
+            body = wire.relay_body(result.wire, q, self._max_ttl, self._negative_ttl, result.layout)
             return body, body[3] & 0xF == wire.SERVFAIL
         answers, authority, additional = result
         authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)

@@ -192,7 +192,8 @@ class UpstreamReply:
     """
     A reply accepted from an upstream server.
 
-    ``wire`` is the reply exactly as received, ``read`` its question and
+    ``wire`` is the reply exactly as received, ``layout`` where its parts
+    are (:func:`dnsgo.dns.wire.scan_response`), ``read`` its question and
     records read from those bytes once (:func:`dnsgo.dns.records.read_reply`),
     ``rtt`` the seconds from sending the transmission it answers to
     accepting this reply (for TC=1, including the TCP leg).  ``message``,
@@ -202,6 +203,7 @@ class UpstreamReply:
     """
 
     wire: bytes
+    layout: wire.ResponseLayout
     read: ReadReply
     server: Server
     rtt: float
@@ -763,13 +765,13 @@ class _Exchange:
             # The whole reply is checked at byte level once: its structure
             # (scan_response: truncation, compression, stray bytes) and
             # every name and fixed-size rdata (read_reply).
-            wire.scan_response(data)
+            layout = wire.scan_response(data)
             read = read_reply(data)
         except ValueError:
             self.pool.stats.malformed += 1
             return
         now = self.pool._reactor.seconds()
-        reply = UpstreamReply(data, read, self.server, now - self._sent_at, via_tcp)
+        reply = UpstreamReply(data, layout, read, self.server, now - self._sent_at, via_tcp)
         if not via_tcp:
             self._sample_rtt = reply.rtt
         usable = read.rcode not in UNUSABLE_RCODES

@@ -339,6 +339,8 @@ def parse_args(argv=None):
                         help="NSD's rrl-ratelimit (Debian's default is 200; 0, the default here, turns RRL off)")
     parser.add_argument("--zipf-nx", type=float, default=0.0, metavar="PCT",
                         help="percent of the Zipf trace asked for names that do not exist (each once)")
+    parser.add_argument("--cache-mb", default="64,128", metavar="MSG,RRSET",
+                        help="message and RRset cache sizes in MiB, for dnsgo and Unbound alike (default 64,128)")
     parser.add_argument("--profile", action="store_true",
                         help="record dnsgo with py-spy during each scenario and print where its time goes")
     args = parser.parse_args(argv)
@@ -351,6 +353,12 @@ def main(argv=None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     servers.DNSGO_UPSTREAM_EXTRA[:] = args.dnsgo_upstream
+    try:
+        servers.CACHE_MB[:] = [int(part) for part in args.cache_mb.split(",")]
+        if len(servers.CACHE_MB) != 2 or min(servers.CACHE_MB) < 1:
+            raise ValueError
+    except ValueError:
+        raise SystemExit(f"--cache-mb: give two whole numbers of MiB, such as 1,2; not {args.cache_mb!r}")
     servers.NSD_RRL[0] = args.nsd_rrl
     for program in ("nsd", "nsd-control", "unbound", "dnsperf", "taskset"):
         if not shutil.which(program) and not Path("/usr/sbin", program).exists():

@@ -107,8 +107,8 @@ server:
   local-zone: "test." nodefault
   module-config: "iterator"
   qname-minimisation: no
-  msg-cache-size: 64m
-  rrset-cache-size: 128m
+  msg-cache-size: {CACHE_MB[0]}m
+  rrset-cache-size: {CACHE_MB[1]}m
   cache-min-ttl: 0
   prefetch: no
 forward-zone:
@@ -123,6 +123,9 @@ forward-zone:
 #: Extra top-level YAML for dnsgo's configuration (``bench/run.py --dnsgo-upstream``).
 DNSGO_UPSTREAM_EXTRA: list[str] = []
 
+#: The message and RRset cache sizes in MiB of dnsgo and Unbound alike (``bench/run.py --cache-mb``).
+CACHE_MB: list[int] = [64, 128]
+
 
 def dnsgo_command(workdir: Path, port: int, upstream_port: int) -> list[str]:
     """Write the minimal dnsgo YAML configuration (the caches sized like
@@ -134,8 +137,8 @@ server:
   listen_address: "{HOST}:{port}"
 upstreams: ["{HOST}:{upstream_port}"]
 cache:
-  message_cache: {{max_size_mb: 64}}
-  rrset_cache: {{max_size_mb: 128}}
+  message_cache: {{max_size_mb: {CACHE_MB[0]}}}
+  rrset_cache: {{max_size_mb: {CACHE_MB[1]}}}
 """ + (f"upstream:\n{upstream}" if upstream else ""))
     return [venv_bin("twistd"), "-n", "--pidfile=", "dnsgo", "--config", str(conf)]
 

@@ -12,8 +12,10 @@ import attrs
 from twisted.application import service
 from twisted.internet import defer
 
+from dnsgo.app.cache_tools import CacheTools
 from dnsgo.app.identity import Identity, default_worker_id, now_wall
 from dnsgo.app.logs import install_observer
+from dnsgo.app.persist import PersistService, persist_file
 from dnsgo.cache.message import MessageCache
 from dnsgo.cache.rrset import RRsetCache
 from dnsgo.cache.shared import SharedRRsetStore
@@ -59,6 +61,7 @@ def build_caches(cache_config, on_prefetch=None, *, reactor) -> Caches:
         prefetch_hits=pf.threshold_hits if pf.enabled else None,
         prefetch_ttl_pct=pf.threshold_ttl_pct,
         on_prefetch=on_prefetch,
+        eviction=mc.eviction,
         reactor=reactor,
     )
     rrsets = RRsetCache(
@@ -67,6 +70,7 @@ def build_caches(cache_config, on_prefetch=None, *, reactor) -> Caches:
         min_ttl=mc.min_ttl,
         max_ttl=mc.max_ttl,
         negative_ttl=neg,
+        eviction=rc.eviction,
         reactor=reactor,
     )
     return Caches(messages, rrsets, neg, FailureCache(reactor=reactor))
@@ -91,6 +95,7 @@ class ServerParts:
     dns_service: DNSService
     backend: object = None
     shared_store: SharedRRsetStore | None = None
+    cache_tools: CacheTools | None = None
 
 
 class PartsRoot(service.MultiService):
@@ -215,9 +220,11 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         reactor=reactor,
     )
     dns_service.setName("dns")
+    cache_tools = CacheTools(caches, identity.worker_id, reactor=reactor)
     root = ServerRoot(ServerParts(
         config=config, identity=identity, infra=infra, pool=pool, caches=caches, handler=handler,
         invalidator=invalidator, dns_service=dns_service, backend=backend, shared_store=shared_store,
+        cache_tools=cache_tools,
     ))
     if backend is not None:
         BackendService(backend).setServiceParent(root)
@@ -225,6 +232,9 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
     ClosingService(pool.close).setServiceParent(root)
     if isinstance(invalidator, service.Service):
         invalidator.setServiceParent(root)
+    if config.cache.persist_path and caches.rrsets is not None:
+        # Before the DNS service: loaded before the first query, written after the last.
+        PersistService(cache_tools, persist_file(config.cache.persist_path, identity.worker_id)).setServiceParent(root)
     dns_service.setServiceParent(root)
     return root
 

@@ -52,7 +52,7 @@ def api_service(config, view, *, reactor, environ=None):
     except ValueError as e:
         raise StartupError(f"api.listen_address: {e}") from None
     # APISite: token checked before a body is read, bodies capped, no query strings in the access log.
-    site = ManagementAPI(view, token=token, reactor=reactor).site()
+    site = ManagementAPI(view, token=token, reactor=reactor).site(max_load_body=int(config.api.max_load_mb * 2**20))
     api = internet.TCPServer(listen.port, site, interface=listen.host)
     api.setName("api")
     return api
@@ -262,6 +262,7 @@ def build_worker(control_address: str, local_config, *, worker_id=None, cluster_
         on_clear=root.clear,
         on_reload=root.reload_config,
         on_shutdown=stop,
+        cache_tools=lambda: root.server.cache_tools if root.server is not None else None,
         reactor=reactor,
     )
     root.client.setServiceParent(root)

@@ -5,10 +5,10 @@ A worker keeps the replies it built on the miss path (the output of
 :func:`dnsgo.serve.reply.encode_reply`, without the OPT record) under the
 query's L1 key (:attr:`dnsgo.dns.wire.QueryInfo.key`: lowercased name, type,
 class and the RD/CD/DO/EDNS flag byte).  A hit never decodes anything: the
-stored bytes get their TTLs counted down (:func:`dnsgo.dns.wire.render_ttls`) and
+stored bytes get their TTLs counted down (:func:`dnsgo.dns.wire.render_ttl_map`) and
 the query's ID and question copied in (:func:`dnsgo.dns.wire.patch_header`).
 TTLs are rendered at most once per elapsed second per entry; the rendered
-bytes replace the stored ones (``render_ttls`` rewrites every TTL from the
+bytes replace the stored ones (``render_ttl_map`` rewrites every TTL from the
 original values, so the reply with the original TTLs is never needed again
 and an entry holds a single copy of its reply).
 
@@ -25,17 +25,18 @@ What is cached (decided from the bytes, :func:`dnsgo.dns.wire.scan_response`):
 * nothing else (SERVFAIL, REFUSED, ...): RFC 9520 failure caching belongs to
   the resolver.
 
-The cache is split into ``num_shards`` LRU segments (``OrderedDict``), each
-bounded by ``max_size_mb * 2**20 / num_shards`` bytes of estimated memory
-(see :func:`entry_cost`).  Time comes from ``reactor.seconds()``.
+The cache is split into ``num_shards`` segments (:mod:`dnsgo.cache.eviction`:
+S3-FIFO by default, or LRU), each bounded by ``max_size_mb * 2**20 /
+num_shards`` bytes of estimated memory (see :func:`entry_cost`).  Time comes from ``reactor.seconds()``.
 """
 from __future__ import annotations
 
-import bisect
 import struct
-from collections import OrderedDict
 from typing import Callable
 
+import attrs
+
+from dnsgo.cache.eviction import segment_class
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import wire
 
@@ -46,42 +47,27 @@ _TYPE_SOA = 6
 
 # Memory an entry holds besides the contents of its reply and key bytes,
 # measured on CPython 3.11 (64-bit) with sys.getsizeof and tracemalloc
-# (tests/test_message_cache.py checks the total against tracemalloc):
-#   the _Entry object with 9 slots ......................................... 104
-#   an OrderedDict slot (hash table entry and index, fast-node array and
-#   linked-list node; 75 to 105 depending on how full the table is) ........ 95
-#   headers of the offsets and TTLs tuples (2 x 40) ......................... 80
-#   headers of the reply and key bytes objects (2 x 33, and pymalloc's
-#   rounding to 8 bytes, about 4 each) ...................................... 74
+# (tests/test_message_cache.py checks the total against tracemalloc;
+# bench/entry_memory.py prints it per entry):
+#   the _Entry object with 9 slots .......................................... 88
+#   the segment's OrderedDict slot (hash table entry and index, fast-node
+#   array and linked-list node; 75 to 105 depending on how full it is) ..... 95
+#   headers of the reply, key and TTL-map bytes objects (3 x 33, and
+#   pymalloc's rounding to 8 bytes, about 4 each) .......................... 111
 #   the stored_at float ..................................................... 24
-#   the cost int ............................................................ 32
-# The lifetime int is one of the TTL ints; hits and elapsed are mostly small
-# ints, which CPython shares.
-_ENTRY_OVERHEAD = 104 + 95 + 80 + 74 + 24 + 32
-# Per resource record: a slot in each tuple (2 x 8) and the TTL int object
-# (28 bytes, 32 allocated; TTLs are usually above 256) ...
-_RECORD_OVERHEAD = 2 * 8 + 32
-# ... and an int object for its TTL offset when that is above 256 (smaller
-# ones are CPython's shared small ints).
-_OFFSET_INT = 32
-_SMALL_INT_MAX = 256
+#   the lifetime and cost ints (2 x 32) ..................................... 64
+# hits and elapsed are mostly small ints, which CPython shares.
+_ENTRY_OVERHEAD = 88 + 95 + 111 + 24 + 64
+# Per resource record: its 6 bytes in the TTL map (offset and TTL).
+_RECORD_OVERHEAD = 6
 
 
 def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) -> int:
     """
-    Return the bytes of memory an entry holds: its reply, its key and the
-    fixed and per-record overhead of the structures around them (the
-    offsets are ascending, as :func:`dnsgo.dns.wire.scan_response` gives them).
+    Return the bytes of memory an entry holds: its reply, its key, its TTL
+    map and the fixed overhead of the structures around them.
     """
-    records = len(ttl_offsets)
-    large_offsets = records - bisect.bisect_right(ttl_offsets, _SMALL_INT_MAX)
-    return (
-        body_length
-        + key_length
-        + _ENTRY_OVERHEAD
-        + records * _RECORD_OVERHEAD
-        + large_offsets * _OFFSET_INT
-    )
+    return body_length + key_length + _ENTRY_OVERHEAD + len(ttl_offsets) * _RECORD_OVERHEAD
 
 
 
@@ -96,33 +82,50 @@ class _Entry:
     there is.
 
     ``rendered`` is the reply with every TTL counted down by ``elapsed``
-    seconds from ``ttls`` (the clamped TTLs as stored); ``offsets`` says
-    where those TTLs sit.  The entry is fresh while
-    ``now - stored_at < lifetime``.
+    seconds from the TTLs as stored (clamped); ``ttl_map`` says where they
+    sit and what they were, 6 bytes a record (:func:`dnsgo.dns.wire.ttl_map`):
+    one bytes object, not two tuples of int objects.  The entry is fresh
+    while ``now - stored_at < lifetime``.
     """
 
     __slots__ = (
         "rendered",
-        "offsets",
-        "ttls",
+        "ttl_map",
         "stored_at",
         "lifetime",
         "elapsed",
         "hits",
         "prefetched",
         "cost",
+        "freq",
     )
 
-    def __init__(self, rendered, offsets, ttls, stored_at, lifetime, hits, cost) -> None:
+    def __init__(self, rendered, ttl_map, stored_at, lifetime, hits, cost) -> None:
         self.rendered = rendered
-        self.offsets = offsets
-        self.ttls = ttls
+        self.ttl_map = ttl_map
         self.stored_at = stored_at
         self.lifetime = lifetime
         self.elapsed = 0
         self.hits = hits
         self.prefetched = False
         self.cost = cost
+        self.freq = 0  # the eviction policy's hit count (dnsgo.cache.eviction)
+
+
+@attrs.frozen
+class PeekedReply:
+    """
+    A cached reply as inspection shows it: its type and class, the L1 key's
+    flag bits (``dnsgo.dns.wire.KEY_RD`` ...), the seconds it has left (negative
+    once expired and kept for serve-stale), and the reply with its TTLs
+    counted down (its ID is the stored one's).
+    """
+
+    qtype: int
+    qclass: int
+    key_flags: int
+    remaining: int
+    reply: bytes
 
 
 class MessageCache:
@@ -150,6 +153,7 @@ class MessageCache:
         prefetch_hits: int | None = None,
         prefetch_ttl_pct: int = 10,
         on_prefetch: Callable[[wire.QueryInfo], object] | None = None,
+        eviction: str = "s3fifo",
         reactor,
     ) -> None:
         if num_shards < 1 or num_shards & (num_shards - 1):
@@ -158,9 +162,8 @@ class MessageCache:
             raise ValueError("need 0 <= min_ttl <= max_ttl, not %r, %r" % (min_ttl, max_ttl))
         self._seconds = reactor.seconds
         self._mask = num_shards - 1
-        self._shards = [OrderedDict() for _ in range(num_shards)]
-        self._sizes = [0] * num_shards
         self._shard_budget = int(max_size_mb * 2**20) // num_shards
+        self._shards = [segment_class(eviction)(self._shard_budget) for _ in range(num_shards)]
         self._num_shards = num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
@@ -171,7 +174,6 @@ class MessageCache:
         self._on_prefetch = on_prefetch
         self._hits = 0
         self._misses = 0
-        self._evicts = 0
         #: Replies served from expired entries by :meth:`lookup_stale`.
         self.stale_served = 0
         #: Times :meth:`lookup` called ``on_prefetch``.
@@ -189,8 +191,7 @@ class MessageCache:
         """
         try:
             key = q.key
-            index = hash(key) & self._mask
-            shard = self._shards[index]
+            shard = self._shards[hash(key) & self._mask]
             entry = shard.get(key)
             if entry is None:
                 self._misses += 1
@@ -201,14 +202,13 @@ class MessageCache:
             if age >= lifetime:
                 self._misses += 1
                 if age - lifetime >= self._max_stale:
-                    del shard[key]
-                    self._sizes[index] -= entry.cost
+                    shard.pop(key)
                 return None
             elapsed = int(age)
             if elapsed != entry.elapsed:
                 if elapsed < 0:  # the clock went back
                     elapsed = 0
-                entry.rendered = wire.render_ttls(entry.rendered, entry.offsets, entry.ttls, elapsed)
+                entry.rendered = wire.render_ttl_map(entry.rendered, entry.ttl_map, elapsed)
                 entry.elapsed = elapsed
             rendered = entry.rendered
             if head is not None and rendered.startswith(q.question, 12):
@@ -219,7 +219,6 @@ class MessageCache:
                 reply = wire.patch_header(rendered, q)
                 if head is not None:
                     reply = head + reply[2:]
-            shard.move_to_end(key)
             self._hits += 1
             hits = entry.hits = entry.hits + 1
             prefetch_hits = self._prefetch_hits
@@ -250,7 +249,7 @@ class MessageCache:
         """
         try:
             key = q.key
-            entry = self._shards[hash(key) & self._mask].get(key)
+            entry = self._shards[hash(key) & self._mask].peek(key)
             if entry is None:
                 return None
             age = self._seconds() - entry.stored_at
@@ -258,14 +257,11 @@ class MessageCache:
             if over < 0:
                 elapsed = max(0, int(age))
                 return wire.patch_header(
-                    wire.render_ttls(entry.rendered, entry.offsets, entry.ttls, elapsed), q
+                    wire.render_ttl_map(entry.rendered, entry.ttl_map, elapsed), q
                 )
             if over >= self._max_stale:
                 return None
-            offsets = entry.offsets
-            reply = wire.patch_header(
-                wire.render_ttls(entry.rendered, offsets, (answer_ttl,) * len(offsets), 0), q
-            )
+            reply = wire.patch_header(wire.set_ttl_map(entry.rendered, entry.ttl_map, answer_ttl), q)
             self.stale_served += 1
             return reply
         except Exception:
@@ -311,25 +307,14 @@ class MessageCache:
         cost = entry_cost(len(key), len(body), offsets)
         if cost > self._shard_budget:
             return False
-        index = hash(key) & self._mask
-        shard = self._shards[index]
-        old = shard.pop(key, None)
-        hits = 0
-        if old is not None:
-            self._sizes[index] -= old.cost
-            hits = old.hits
+        shard = self._shards[hash(key) & self._mask]
+        old = shard.peek(key)
+        hits = old.hits if old is not None else 0
         if ttls == layout.orig_ttls and type(body) is bytes:
             rendered = body  # nothing clamped: the reply is already what hits serve
         else:
             rendered = wire.render_ttls(body, offsets, ttls, 0)
-        shard[key] = _Entry(rendered, offsets, ttls, self._seconds(), lifetime, hits, cost)
-        size = self._sizes[index] + cost
-        budget = self._shard_budget
-        while size > budget:
-            _, evicted = shard.popitem(last=False)
-            size -= evicted.cost
-            self._evicts += 1
-        self._sizes[index] = size
+        shard.put(key, _Entry(rendered, wire.ttl_map(offsets, ttls), self._seconds(), lifetime, hits, cost))
         return True
 
     def flush(self, name: bytes | None = None, qtype: int | None = None, subtree: bool = False) -> int:
@@ -359,10 +344,9 @@ class MessageCache:
             type_bytes = None if qtype is None else _U16.pack(qtype)
             if name is None:
                 if type_bytes is None:
-                    for index, shard in enumerate(self._shards):
+                    for shard in self._shards:
                         removed += len(shard)
                         shard.clear()
-                        self._sizes[index] = 0
                     return removed
                 everything_of_type.add(type_bytes)
                 continue
@@ -382,21 +366,47 @@ class MessageCache:
                 (t is None or t == type_bytes) and _is_below(owner, parent) for parent, t in below
             )
 
-        for index, shard in enumerate(self._shards):
-            gone = [key for key in shard if doomed(key)]
+        for shard in self._shards:
+            gone = [key for key in shard.keys() if doomed(key)]
             for key in gone:
-                self._sizes[index] -= shard.pop(key).cost
+                shard.pop(key)
             removed += len(gone)
         return removed
+
+    def peek(self, name: bytes, qtype: int | None = None) -> list[PeekedReply]:
+        """
+        The entries of the wire-format ``name`` (of ``qtype``, or of every
+        type), fresh or kept for serve-stale, for inspection: LRU order,
+        counters and the entries are left as they are.  With ``qtype`` this
+        looks up the 16 keys of its flag bits in class IN; without, it
+        reads every shard.
+        """
+        name = name.lower()
+        now = self._seconds()
+        if qtype is not None:
+            stem = name + _U16.pack(qtype) + _U16.pack(1)
+            keys = [stem + bytes((flags,)) for flags in range(16)]
+            found = [(key, self._shards[hash(key) & self._mask].peek(key)) for key in keys]
+        else:
+            found = [(key, entry) for shard in self._shards for key, entry in shard.items() if key[:-5] == name]
+        peeked = []
+        for key, entry in found:
+            if entry is None:
+                continue
+            age = now - entry.stored_at
+            rendered = wire.render_ttl_map(entry.rendered, entry.ttl_map, max(0, min(int(age), entry.lifetime)))
+            qt, qc = struct.unpack_from("!HH", key, len(key) - 5)
+            peeked.append(PeekedReply(qt, qc, key[-1], int(entry.lifetime - age), rendered))
+        return peeked
 
     def stats(self) -> CacheStats:
         """Return the counters, the memory estimate and the entry count now."""
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
-            evicts=self._evicts,
+            evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(self._sizes),
+            size_bytes=sum(shard.size for shard in self._shards),
             max_size_bytes=self._shard_budget * self._num_shards,
             num_shards=self._num_shards,
             entries=sum(len(shard) for shard in self._shards),
@@ -421,10 +431,7 @@ class MessageCache:
         """Remove the entry of ``q`` after it made the hit path fail."""
         try:
             key = q.key
-            index = hash(key) & self._mask
-            entry = self._shards[index].pop(key, None)
-            if entry is not None:
-                self._sizes[index] -= entry.cost
+            self._shards[hash(key) & self._mask].pop(key)
         except Exception:
             pass
 

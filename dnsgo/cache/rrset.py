@@ -39,11 +39,12 @@ CNAME is cached, the DNAME is dropped), duplicate suppression (the upstream,
 a recursive resolver, already does it), replies to qtype ANY, AXFR, IXFR,
 MAILA and MAILB (not cached at all).
 
-Storage: ``num_shards`` ``OrderedDict`` LRU segments picked by the hash of
+Storage: ``num_shards`` segments (:mod:`dnsgo.cache.eviction`: S3-FIFO by
+default, or LRU) picked by the hash of
 the lowercased name (so every entry of a name lives in one shard), each
 bounded by ``max_size_mb * 2**20 / num_shards`` bytes of estimated memory.
-Only the record payloads (``dns.Record_*`` objects, shared and never
-mutated) are kept; every read builds new ``dns.RRHeader`` objects.  Expired
+Only the records' rdata is kept, in wire form; every read builds new
+``dns.RRHeader`` and ``dns.Record_*`` objects.  Expired
 entries are dropped when read, or by LRU eviction; :meth:`RRsetCache.stats`
 counts them until then.
 
@@ -51,11 +52,14 @@ The rules that decide what a reply teaches live in :func:`learn_from_wire`
 (the records of a reply as read from its bytes, :mod:`dnsgo.dns.records`:
 the miss path) and :func:`learn_from_reply` (twisted.names sections), both
 pure and sharing the same rules, so the shared L2 in Redis
-(:mod:`dnsgo.cache.shared`) applies the very same ones.  What
-:func:`learn_from_wire` learns keeps its rdata as bytes: an RRset is
-decoded into ``dns.Record_*`` objects the first time it is read, so a miss
-decodes nothing it does not serve; :meth:`RRsetCache.insert_rrset` and
-:meth:`RRsetCache.insert_negative` copy entries learnt there into this cache.
+(:mod:`dnsgo.cache.shared`) applies the very same ones.  The
+cache keeps every RRset and SOA in wire form (uncompressed rdata bytes,
+as :func:`learn_from_wire` learns them; objects from elsewhere are encoded
+when stored) and decodes ``dns.Record_*`` objects for each read only: a
+miss decodes nothing it does not serve, and an entry costs its bytes, not a
+tree of objects.  :meth:`RRsetCache.insert_rrset` and
+:meth:`RRsetCache.insert_negative` copy entries learnt elsewhere (Redis, a
+dump) into this cache.
 
 Hits and misses are counted by the reader through :meth:`RRsetCache.count_lookup`
 (one per query answered or not, however many RRsets it looked at), so
@@ -65,11 +69,10 @@ from __future__ import annotations
 
 import enum
 import sys
-from collections import OrderedDict
-
 import attrs
 from twisted.names import dns
 
+from dnsgo.cache.eviction import segment_class
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import records as wire_records
 from dnsgo.dns.names import wire_to_dotted
@@ -89,18 +92,14 @@ MAX_FILL_CHAIN = 16
 #: The type slot of a name-level NXDOMAIN entry's key (no real type is negative).
 _NAME_LEVEL = -1
 
-#: Estimated bytes of one entry besides its names and payloads: the OrderedDict
-#: slot and link, the key tuple, the entry object, the payload tuple and the
-#: stored-at float.  Measured with tracemalloc on CPython 3.11 (see
-#: tests.test_rrset_cache.CostEstimateTests).
-_ENTRY_OVERHEAD = 330
+#: Estimated bytes of one entry besides its names and rdata: the segment's
+#: OrderedDict slot and link, the key tuple, the entry object (10 slots),
+#: the rdata tuple, the stored-at float and the TTL and cost ints.  Measured
+#: with tracemalloc on CPython 3.11 (bench/entry_memory.py: within a few
+#: percent above what tracemalloc sees, so the byte bound holds).
+_ENTRY_OVERHEAD = 370
 
-#: Estimated bytes of one payload object (``dns.Record_*``) besides its
-#: attribute values, and of one ``dns.Name`` besides its bytes.  Measured as above.
-_RECORD_OVERHEAD = 99
-_NAME_OVERHEAD = 80
 
-_SMALL_INTS = range(-5, 257)
 
 
 class Rank(enum.IntEnum):
@@ -111,9 +110,19 @@ class Rank(enum.IntEnum):
     ANSWER = 3
 
 
-@attrs.frozen
-class _RRset:
-    """One cached RRset: the payloads, the owner as received, and when it expires."""
+#: Where a cached entry came from (:attr:`CachedRRset.source`): an upstream
+#: reply, the shared cache in Redis, or a cache dump that was loaded.
+UPSTREAM, SHARED, LOADED = "upstream", "shared", "load"
+
+
+@attrs.define(eq=False)
+class CachedRRset:
+    """
+    One cached RRset: the payloads (``dns.Record_*`` objects, or uncompressed
+    rdata bytes not yet decoded), the owner as received, when it was stored
+    and for how long, its rank, where it came from, and its estimated cost.
+    Only ``freq``, the eviction policy's hit count, ever changes.
+    """
 
     owner: bytes
     type: int
@@ -123,19 +132,27 @@ class _RRset:
     stored_at: float
     rank: Rank
     cost: int
+    source: str = UPSTREAM
+    freq: int = 0
 
 
-@attrs.frozen
-class _Negative:
-    """A cached NXDOMAIN (name level) or NODATA (one type): the rcode and the zone's SOA."""
+@attrs.define(eq=False)
+class CachedNegative:
+    """
+    A cached NXDOMAIN (name level) or NODATA (one type): the rcode, the
+    zone's SOA, its lifetime and where it came from.  Only ``freq``, the
+    eviction policy's hit count, ever changes.
+    """
 
     rcode: int
     soa_owner: bytes
-    soa: dns.Record_SOA
+    soa: bytes  # the SOA rdata, wire form
     cls: int
     ttl: int
     stored_at: float
     cost: int
+    source: str = UPSTREAM
+    freq: int = 0
 
     @property
     def rank(self) -> Rank:
@@ -157,6 +174,7 @@ class RRsetCache:
         min_ttl: int = 0,
         max_ttl: int = 86400,
         negative_ttl: int = 3600,
+        eviction: str = "s3fifo",
         reactor,
     ) -> None:
         if num_shards < 1 or num_shards & (num_shards - 1):
@@ -172,11 +190,9 @@ class RRsetCache:
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
-        self._shards = [OrderedDict() for _ in range(num_shards)]
-        self._sizes = [0] * num_shards
+        self._shards = [segment_class(eviction)(self._shard_limit) for _ in range(num_shards)]
         self._hits = 0
         self._misses = 0
-        self._evicts = 0
 
     # -- filling ---------------------------------------------------------
 
@@ -204,23 +220,25 @@ class RRsetCache:
                     self._put_negative(item.name, item.type, item.cls, item.rcode, item.soa, ttl, now, now)
 
     def insert_rrset(
-        self, owner: bytes, type: int, cls: int, payloads, ttl: int, *, rank: Rank = Rank.ANSWER, stored_at: float | None = None
+        self, owner: bytes, type: int, cls: int, payloads, ttl: int, *, rank: Rank = Rank.ANSWER,
+        stored_at: float | None = None, source: str = SHARED,
     ) -> None:
         """
         Cache one RRset learnt elsewhere (the shared L2) as it is: ``ttl``
         counted from ``stored_at`` (default now, never later than now).  Only
         ``max_ttl`` applies, not ``min_ttl``: the TTL was bounded where the
         RRset was first learnt.  The rank and NXDOMAIN rules apply as for
-        :meth:`store_reply`.
+        :meth:`store_reply`.  ``source`` says where it came from (:data:`SHARED`, :data:`LOADED`).
         """
         now = self._reactor.seconds()
         stored_at = now if stored_at is None else min(stored_at, now)
         ttl = min(ttl, self._max_ttl)
         if now - stored_at < ttl:
-            self._put_rrset(normalize_name(owner), type, cls, owner, tuple(payloads), ttl, rank, stored_at, now)
+            self._put_rrset(normalize_name(owner), type, cls, owner, tuple(payloads), ttl, rank, stored_at, now, source)
 
     def insert_negative(
-        self, name: bytes, type: int | None, cls: int, rcode: int, soa: dns.RRHeader, ttl: int, *, stored_at: float | None = None
+        self, name: bytes, type: int | None, cls: int, rcode: int, soa: dns.RRHeader, ttl: int, *,
+        stored_at: float | None = None, source: str = SHARED,
     ) -> None:
         """
         Cache a negative answer learnt elsewhere: NXDOMAIN (``type`` None) or
@@ -231,9 +249,12 @@ class RRsetCache:
         stored_at = now if stored_at is None else min(stored_at, now)
         ttl = min(ttl, self._negative_ttl)
         if now - stored_at < ttl:
-            self._put_negative(normalize_name(name), type, cls, rcode, soa, ttl, stored_at, now)
+            self._put_negative(normalize_name(name), type, cls, rcode, soa, ttl, stored_at, now, source)
 
-    def _put_rrset(self, name: bytes, type: int, cls: int, owner: bytes, payloads: tuple, ttl: int, rank: Rank, stored_at: float, now: float) -> None:
+    def _put_rrset(
+        self, name: bytes, type: int, cls: int, owner: bytes, payloads: tuple, ttl: int, rank: Rank,
+        stored_at: float, now: float, source: str = UPSTREAM,
+    ) -> None:
         index = hash(name) & self._mask
         name_key = (name, _NAME_LEVEL, cls)
         if self._live(index, name_key, now) is not None:
@@ -244,10 +265,15 @@ class RRsetCache:
         old = self._live(index, key, now)
         if old is not None and old.rank > rank:
             return
-        cost = _ENTRY_OVERHEAD + 2 * sys.getsizeof(name) + sum(map(_payload_cost, payloads))
-        self._put(index, key, _RRset(owner, type, cls, payloads, ttl, stored_at, rank, cost))
+        # Kept in wire form, whatever form it came in: decoded on each read.
+        payloads = tuple(p if p.__class__ is bytes else wire_records.rdata_of(p) for p in payloads)
+        cost = _ENTRY_OVERHEAD + 2 * sys.getsizeof(name) + sum(map(sys.getsizeof, payloads))
+        self._put(index, key, CachedRRset(owner, type, cls, payloads, ttl, stored_at, rank, cost, source))
 
-    def _put_negative(self, name: bytes, type: int | None, cls: int, rcode: int, soa_rr, ttl: int, stored_at: float, now: float) -> None:
+    def _put_negative(
+        self, name: bytes, type: int | None, cls: int, rcode: int, soa_rr, ttl: int,
+        stored_at: float, now: float, source: str = UPSTREAM,
+    ) -> None:
         index = hash(name) & self._mask
         if type is None:
             key = (name, _NAME_LEVEL, cls)
@@ -256,8 +282,9 @@ class RRsetCache:
             # NODATA: the name exists, so a name-level NXDOMAIN is out of date.
             self._remove(index, (name, _NAME_LEVEL, cls))
         owner = soa_rr.name.name
-        cost = _ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + _payload_cost(soa_rr.payload)
-        self._put(index, key, _Negative(rcode, owner, soa_rr.payload, cls, ttl, stored_at, cost))
+        soa = wire_records.rdata_of(soa_rr.payload)
+        cost = _ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + sys.getsizeof(soa)
+        self._put(index, key, CachedNegative(rcode, owner, soa, cls, ttl, stored_at, cost, source))
 
     # -- reading ---------------------------------------------------------
 
@@ -274,29 +301,17 @@ class RRsetCache:
             return None
         key = (name, type, cls)
         entry = self._live(index, key, now)
-        if not isinstance(entry, _RRset) or entry.rank < min_rank:
+        if not isinstance(entry, CachedRRset) or entry.rank < min_rank:
             return None
-        entries.move_to_end(key)
-        if entry.payloads and entry.payloads[0].__class__ is bytes:
-            entry = self._decode(index, key, entry)
-            if entry is None:
-                return None
-        remaining = entry.ttl - int(now - entry.stored_at)
-        owner = entry.owner
-        return [dns.RRHeader(owner, type, cls, remaining, payload) for payload in entry.payloads]
-
-    def _decode(self, index: int, key, entry: "_RRset"):
-        """``entry`` with its wire rdata decoded (kept so, at its new cost), or None (dropped) if it does not decode."""
         try:
-            payloads = tuple(wire_records.decode_rdata(entry.type, entry.ttl, rdata) for rdata in entry.payloads)
+            payloads = [wire_records.decode_rdata(type, entry.ttl, rdata) for rdata in entry.payloads]
         except ValueError:
             self._remove(index, key)
             return None
-        cost = entry.cost - sum(map(_payload_cost, entry.payloads)) + sum(map(_payload_cost, payloads))
-        decoded = attrs.evolve(entry, payloads=payloads, cost=cost)
-        self._shards[index][key] = decoded
-        self._sizes[index] += cost - entry.cost
-        return decoded
+        entries.get(key)  # counts the hit for the eviction policy
+        remaining = entry.ttl - int(now - entry.stored_at)
+        owner = entry.owner
+        return [dns.RRHeader(owner, type, cls, remaining, payload) for payload in payloads]
 
     def get_negative(self, name: bytes, type: int, cls: int = dns.IN) -> tuple[int, dns.RRHeader] | None:
         """
@@ -312,11 +327,16 @@ class RRsetCache:
         if entry is None:
             key = (name, type, cls)
             entry = self._live(index, key, now)
-            if not isinstance(entry, _Negative):
+            if not isinstance(entry, CachedNegative):
                 return None
-        entries.move_to_end(key)
+        entries.get(key)  # counts the hit for the eviction policy
         remaining = entry.ttl - int(now - entry.stored_at)
-        return entry.rcode, dns.RRHeader(entry.soa_owner, dns.SOA, entry.cls, remaining, entry.soa)
+        try:
+            soa = wire_records.decode_rdata(dns.SOA, entry.ttl, entry.soa)
+        except ValueError:
+            self._remove(index, key)
+            return None
+        return entry.rcode, dns.RRHeader(entry.soa_owner, dns.SOA, entry.cls, remaining, soa)
 
     def count_lookup(self, hit: bool) -> None:
         """Count one query the reader answered from this cache (``hit``) or not."""
@@ -338,7 +358,6 @@ class RRsetCache:
             removed = sum(map(len, self._shards))
             for entries in self._shards:
                 entries.clear()
-            self._sizes = [0] * len(self._shards)
             return removed
         if name is not None:
             name = normalize_name(name)
@@ -350,7 +369,7 @@ class RRsetCache:
         for index in indexes:
             doomed = [
                 key
-                for key in self._shards[index]
+                for key in self._shards[index].keys()
                 if (name is None or _name_matches(key[0], name, subtree))
                 and (type is None or key[1] == type or key[1] == _NAME_LEVEL)
             ]
@@ -359,14 +378,55 @@ class RRsetCache:
             removed += len(doomed)
         return removed
 
+    def peek(self, name: bytes, type: int | None = None, cls: int = dns.IN) -> list[tuple[int | None, CachedRRset | CachedNegative]]:
+        """
+        The live entries of ``name`` (of ``type`` and the name-level
+        NXDOMAIN, or of every type when ``type`` is None), as ``(type,
+        entry)`` with ``type`` None for an NXDOMAIN; for inspection: the LRU
+        order and the counters are left as they are.  Without ``type`` this
+        reads the whole shard of the name.
+        """
+        name = normalize_name(name)
+        shard = self._shards[hash(name) & self._mask]
+        now = self._reactor.seconds()
+        if type is not None:
+            keys = [(name, _NAME_LEVEL, cls), (name, type, cls)]
+        else:
+            keys = [key for key in shard.keys() if key[0] == name and key[2] == cls]
+        found = []
+        for key in keys:
+            entry = shard.peek(key)
+            if entry is not None and now - entry.stored_at < entry.ttl:
+                found.append((None if key[1] == _NAME_LEVEL else key[1], entry))
+        return found
+
+    @property
+    def num_shards(self) -> int:
+        """How many segments the cache has (:meth:`shard_entries` reads one)."""
+        return len(self._shards)
+
+    def shard_entries(self, index: int) -> list[tuple[bytes, int | None, CachedRRset | CachedNegative]]:
+        """
+        The live entries of segment ``index`` as ``(name, type, entry)``
+        (``type`` None for an NXDOMAIN), least recently used first; for the
+        cache dump, which reads one segment at a time.  LRU order and
+        counters are left as they are.
+        """
+        now = self._reactor.seconds()
+        return [
+            (key[0], None if key[1] == _NAME_LEVEL else key[1], entry)
+            for key, entry in self._shards[index].items()
+            if now - entry.stored_at < entry.ttl
+        ]
+
     def stats(self) -> CacheStats:
         """The counters and size of this cache now (expired entries count until dropped)."""
         return CacheStats(
             hits=self._hits,
             misses=self._misses,
-            evicts=self._evicts,
+            evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(self._sizes),
+            size_bytes=sum(shard.size for shard in self._shards),
             max_size_bytes=self._max_size,
             num_shards=len(self._shards),
             entries=sum(map(len, self._shards)),
@@ -376,7 +436,7 @@ class RRsetCache:
 
     def _live(self, index: int, key, now: float):
         """The entry at ``key`` in shard ``index`` if it has not expired; an expired one is dropped."""
-        entry = self._shards[index].get(key)
+        entry = self._shards[index].peek(key)
         if entry is None:
             return None
         if now - entry.stored_at >= entry.ttl:
@@ -385,24 +445,13 @@ class RRsetCache:
         return entry
 
     def _put(self, index: int, key, entry) -> None:
-        entries = self._shards[index]
         if entry.cost > self._shard_limit:
             self._remove(index, key)
             return
-        old = entries.pop(key, None)
-        if old is not None:
-            self._sizes[index] -= old.cost
-        entries[key] = entry
-        self._sizes[index] += entry.cost
-        while self._sizes[index] > self._shard_limit:
-            _, evicted = entries.popitem(last=False)
-            self._sizes[index] -= evicted.cost
-            self._evicts += 1
+        self._shards[index].put(key, entry)
 
     def _remove(self, index: int, key) -> None:
-        entry = self._shards[index].pop(key, None)
-        if entry is not None:
-            self._sizes[index] -= entry.cost
+        self._shards[index].pop(key)
 
 
 @attrs.frozen
@@ -647,23 +696,3 @@ def _wire_ttl(ttl: int) -> int:
     return 0 if ttl >= 2**31 else ttl
 
 
-def _payload_cost(payload) -> int:
-    """Estimated bytes a record payload holds: rdata bytes, or the object plus its rdata values."""
-    if payload.__class__ is bytes:
-        return sys.getsizeof(payload)
-    cost = _RECORD_OVERHEAD
-    for attr in getattr(payload, "compareAttributes", ()):
-        cost += _value_cost(getattr(payload, attr, None))
-    return cost
-
-
-def _value_cost(value) -> int:
-    if value is None or value.__class__ is bool:
-        return 0
-    if value.__class__ is int:
-        return 0 if value in _SMALL_INTS else sys.getsizeof(value)
-    if isinstance(value, dns.Name):
-        return _NAME_OVERHEAD + sys.getsizeof(value.name)
-    if isinstance(value, (list, tuple)):
-        return sys.getsizeof(value) + sum(map(_value_cost, value))
-    return sys.getsizeof(value)

@@ -244,6 +244,32 @@ class SharedRRsetStore:
         d.addCallback(stale)
         return d
 
+    def inspect(self, name: bytes, types, cls: int = dns.IN) -> defer.Deferred:
+        """
+        For inspection: fires with every believable value Redis holds for
+        ``name`` in one MGET (its RRset and NODATA of each of ``types``, its
+        NXDOMAIN), live or kept for serve-stale, as ``(kind, type, entry)``;
+        or None when Redis could not be read.  Hits and misses are not
+        counted.  Never fails.
+        """
+        wanted = [(Kind.NXDOMAIN, dns.SOA, fmt.nxdomain_key(self._prefix, name, cls), None)]
+        for type in types:
+            wanted.append((Kind.RRSET, type, fmt.rrset_key(self._prefix, name, type, cls), type))
+            wanted.append((Kind.NODATA, dns.SOA, fmt.nodata_key(self._prefix, name, type, cls), type))
+        d = self._read(lambda: self._backend.mget([key for _, _, key, _ in wanted]))
+
+        def found(values):
+            if values is _FAILED or not isinstance(values, (list, tuple)) or len(values) != len(wanted):
+                return None
+            out = []
+            for value, (kind, rtype, key, type) in zip(values, wanted):
+                entry = self._decoded(value, key, kind, name, rtype, cls)
+                if entry is not None:
+                    out.append((kind, type, entry))
+            return out
+
+        return d.addCallback(found)
+
     def headers(self, entry: Entry) -> list[dns.RRHeader]:
         """New ``RRHeader`` objects for ``entry``'s records, with the TTL that remains now."""
         return entry.headers(self.now())

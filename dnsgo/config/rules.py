@@ -70,6 +70,11 @@ def _conflicts(config: Config) -> Iterator[tuple[Problem, tuple[str, ...]]]:
                         f"must not exceed pool_size ({shared.pool_size}); got {shared.min_idle_conns}",
                         "cache.shared_cache.pool_size")
     yield from _secret_conflicts(shared)
+    if cache.persist_path and config.server.num_workers > 1 and "{worker_id}" not in cache.persist_path:
+        yield _conflict("cache.persist_path",
+                        f"must contain {{worker_id}} when server.num_workers is {config.server.num_workers} "
+                        "(each worker writes its own file)",
+                        "server.num_workers")
     if cache.invalidation.strategy == "pubsub" and cache.mode != "hybrid":
         yield _conflict("cache.invalidation.strategy",
                         f"'pubsub' needs cache.mode 'hybrid' (mode is '{cache.mode}')",

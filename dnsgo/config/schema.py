@@ -114,6 +114,8 @@ class MessageCacheConfig:
         doc="shards (a power of two); default CPUs x 4 rounded up")
     min_ttl: int = _setting(_TTL, 0, doc="raise shorter TTLs to this many seconds")
     max_ttl: int = _setting(_TTL, 86400, doc="cap longer TTLs at this many seconds")
+    eviction: Literal["s3fifo", "lru"] = _setting(
+        _Choice(("s3fifo", "lru")), "s3fifo", doc="eviction policy of each shard: 's3fifo' or 'lru'")
 
 
 @attrs.frozen
@@ -124,6 +126,8 @@ class RRsetCacheConfig:
     num_shards: int = _setting(
         _Integer(1, 65536, power_of_two=True), factory=lambda: default_shards(8),
         doc="shards (a power of two); default CPUs x 8 rounded up")
+    eviction: Literal["s3fifo", "lru"] = _setting(
+        _Choice(("s3fifo", "lru")), "s3fifo", doc="eviction policy of each shard: 's3fifo' or 'lru'")
 
 
 @attrs.frozen
@@ -250,6 +254,10 @@ class CacheConfig:
     negative_cache: NegativeCacheConfig = _section(NegativeCacheConfig, "negative caching")
     serve_stale: ServeStaleConfig = _section(ServeStaleConfig, "serving stale data")
     invalidation: InvalidationConfig = _section(InvalidationConfig, "invalidation")
+    persist_path: str = _setting(
+        _String(), "",
+        doc="file a worker writes its L2 to on a clean stop and loads at start ('': none); "
+            "'{worker_id}' in it is replaced by the worker id")
 
 
 @attrs.frozen
@@ -291,6 +299,8 @@ class ApiConfig:
         _LISTEN, Address("127.0.0.1", 8080), doc="HTTP listen address")
     auth_token: str = _setting(_String(), "", doc="bearer token (hidden from repr)", secret=True)
     auth_token_file: str = _setting(_String(), "", doc="file holding the bearer token")
+    max_load_mb: float = _setting(
+        _Number(0.0625, 4096), 64.0, doc="the largest cache dump POST /api/cache/load takes (MiB)")
 
 
 @attrs.frozen

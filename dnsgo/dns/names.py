@@ -29,3 +29,22 @@ def dotted_to_wire(name: bytes) -> bytes:
         out += label
     out.append(0)
     return bytes(out)
+
+
+def parse_name(text: str) -> bytes:
+    """
+    A domain name a person typed (``www.example.com``, with or without the
+    final dot; ``.`` is the root) as dotted bytes without the final dot;
+    ValueError, saying why, for anything that is not a name.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("a name is required")
+    if not text.isascii() or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("a name is printable ASCII without spaces")
+    name = text.encode("ascii")
+    if name != b"." and (name.startswith(b".") or b".." in name):
+        raise ValueError("a name has no empty labels")
+    wire = dotted_to_wire(name)
+    if len(wire) > 255:
+        raise ValueError("a name is at most 255 bytes long")
+    return name.rstrip(b".")

@@ -168,6 +168,15 @@ def decode_rdata(rtype: int, ttl: int, rdata: bytes):
     return payload
 
 
+def rdata_of(payload) -> bytes:
+    """The uncompressed wire rdata of a payload kept as bytes or as a ``dns.Record_*`` object."""
+    if payload.__class__ is bytes:
+        return payload
+    out = io.BytesIO()
+    payload.encode(out, None)
+    return out.getvalue()
+
+
 def rdata_name(rdata: bytes) -> bytes:
     """The name an uncompressed CNAME, DNAME, NS or PTR rdata holds (wire format)."""
     return rdata[: _name_length(rdata, 0)]

@@ -550,6 +550,42 @@ def strip_opt(msg: bytes, layout: ResponseLayout) -> bytes:
     )
 
 
+#: One (offset, TTL) pair of a TTL map (:func:`ttl_map`).
+_TTL_PAIR = struct.Struct("!HI")
+
+
+def ttl_map(ttl_offsets, ttls) -> bytes:
+    """
+    The TTL offsets and TTLs of a reply packed as one bytes object, 6 bytes
+    a record (the offset, then the TTL): the compact form an L1 entry keeps
+    instead of two tuples of int objects.
+    """
+    pack = _TTL_PAIR.pack
+    return b"".join(pack(offset, ttl) for offset, ttl in zip(ttl_offsets, ttls))
+
+
+def render_ttl_map(msg: bytes | bytearray, packed: bytes, elapsed: int) -> bytes:
+    """
+    Return a copy of ``msg`` with each TTL that ``packed`` (:func:`ttl_map`)
+    places set to what remains of it after ``elapsed`` seconds (never below 0).
+    """
+    buf = bytearray(msg)
+    pack_into = _U32.pack_into
+    for offset, ttl in _TTL_PAIR.iter_unpack(packed):
+        ttl -= elapsed
+        pack_into(buf, offset, ttl if ttl > 0 else 0)
+    return bytes(buf)
+
+
+def set_ttl_map(msg: bytes | bytearray, packed: bytes, ttl: int) -> bytes:
+    """Return a copy of ``msg`` with every TTL that ``packed`` places set to ``ttl`` (serve-stale's answer TTL)."""
+    buf = bytearray(msg)
+    pack_into = _U32.pack_into
+    for offset, _ in _TTL_PAIR.iter_unpack(packed):
+        pack_into(buf, offset, ttl)
+    return bytes(buf)
+
+
 def render_ttls(msg: bytes | bytearray, ttl_offsets, orig_ttls, elapsed: int) -> bytes:
     """
     Return a copy of ``msg`` with each TTL at ``ttl_offsets`` set to what

@@ -134,13 +134,13 @@ class TTLTests(_Base):
         q = query()
         c.store(q, positive(q))
         calls = []
-        real = wire.render_ttls
+        real = wire.render_ttl_map
 
         def counting(*args):
-            calls.append(args[3])
+            calls.append(args[2])
             return real(*args)
 
-        self.patch(wire, "render_ttls", counting)
+        self.patch(wire, "render_ttl_map", counting)
         self.clock.advance(5.1)
         first = [c.lookup(q) for _ in range(5)]
         self.clock.advance(1)
@@ -323,8 +323,8 @@ class HitTests(_Base):
         c = self.cache(num_shards=1)
         q = query()
         c.store(q, positive(q))
-        entry = c._shards[0][q.key]
-        entry.offsets = (10**6,)
+        entry = c._shards[0].peek(q.key)
+        entry.ttl_map = wire.ttl_map((65000,), (300,))  # a TTL past the end of the reply
         self.clock.advance(1)
         self.assertIsNone(c.lookup(q))
         self.assertEqual((c.stats().misses, c.stats().entries, c.stats().size_bytes), (1, 0, 0))
@@ -342,13 +342,13 @@ def _names(n):
 
 
 class LRUTests(_Base):
-    """Shards are LRU lists bounded in bytes."""
+    """Shards are segments bounded in bytes, LRU or S3-FIFO (tests/unit/test_eviction.py tests the policies)."""
 
     def test_eviction_order(self):
-        """When a shard is full the least recently used entry goes; a hit refreshes recency."""
+        """With eviction lru, when a shard is full the least recently used entry goes; a hit refreshes recency."""
         a, b, c_, d = _names(4)
         cost = message_module.entry_cost(len(a.key), len(positive(a)), wire.scan_response(positive(a)).ttl_offsets)
-        cache = self.cache(num_shards=1, max_size_mb=(3 * cost + cost // 2) / 2**20)
+        cache = self.cache(num_shards=1, max_size_mb=(3 * cost + cost // 2) / 2**20, eviction="lru")
         for q in (a, b, c_):
             self.assertTrue(cache.store(q, positive(q)))
         self.assertIsNotNone(cache.lookup(a))
@@ -360,23 +360,26 @@ class LRUTests(_Base):
         self.assertEqual(cache.stats().entries, 3)
 
     def test_byte_bound_per_shard(self):
-        """No shard's size goes over its share of max_size_mb; the total stays under it."""
-        queries = _names(400)
-        cache = self.cache(num_shards=4, max_size_mb=0.05)
-        budget = int(0.05 * 2**20) // 4
-        for n, q in enumerate(queries):
-            records = [a_record(_dotted(q), 300, "192.0.2.%d" % i) for i in range(1, 2 + n % 5)]
-            self.assertTrue(cache.store(q, reply(q, records)))
-            for size in cache._sizes:
-                self.assertLessEqual(size, budget)
-        stats = cache.stats()
-        self.assertGreater(stats.evicts, 0)
-        self.assertEqual(stats.evicts + stats.entries, 400)
-        self.assertLessEqual(stats.size_bytes, stats.max_size_bytes)
-        self.assertGreater(stats.size_bytes, stats.max_size_bytes * 0.7)
-        for index, shard in enumerate(cache._shards):
-            for key in shard:
-                self.assertEqual(hash(key) & 3, index)
+        """With either policy, no shard's size goes over its share of max_size_mb; the total stays under it."""
+        for policy in ("s3fifo", "lru"):
+            queries = _names(400)
+            cache = self.cache(num_shards=4, max_size_mb=0.05, eviction=policy)
+            budget = int(0.05 * 2**20) // 4
+            for n, q in enumerate(queries):
+                records = [a_record(_dotted(q), 300, "192.0.2.%d" % i) for i in range(1, 2 + n % 5)]
+                self.assertTrue(cache.store(q, reply(q, records)))
+                if n % 3 == 0:
+                    cache.lookup(queries[n // 2])
+                for shard in cache._shards:
+                    self.assertLessEqual(shard.size, budget)
+            stats = cache.stats()
+            self.assertGreater(stats.evicts, 0)
+            self.assertEqual(stats.evicts + stats.entries, 400)
+            self.assertLessEqual(stats.size_bytes, stats.max_size_bytes)
+            self.assertGreater(stats.size_bytes, stats.max_size_bytes * 0.7)
+            for index, shard in enumerate(cache._shards):
+                for key in shard.keys():
+                    self.assertEqual(hash(key) & 3, index)
 
     def test_too_big_for_a_shard(self):
         """A reply larger than a shard's budget is refused and evicts nothing."""

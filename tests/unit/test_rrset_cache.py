@@ -768,17 +768,20 @@ class WireLearningTests(SynchronousTestCase):
             self.assertEqual(wire_negative and (wire_negative[0], canonical([wire_negative[1]])),
                              objects_negative and (objects_negative[0], canonical([objects_negative[1]])))
 
-    def test_decoded_once_on_first_read(self):
-        """Rdata kept as bytes is decoded on the first read, and the entry's cost follows."""
+    def test_kept_in_wire_form(self):
+        """Rdata stays bytes whatever form it came in: each read decodes new objects, and the cost never changes."""
         cache, _ = make()
         cache.store_learned(learn_from_wire(dns.Query(b"www.example.com"), reply_message([a(b"www.example.com", "192.0.2.1")])))
+        cache.insert_rrset(b"obj.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.9")], 60)
         before = cache.stats().size_bytes
         first = cache.get(b"www.example.com", dns.A)
-        after = cache.stats().size_bytes
+        second = cache.get(b"www.example.com", dns.A)
         self.assertEqual(addresses(first), ["192.0.2.1"])
-        self.assertNotEqual(before, after)
-        self.assertIs(cache.get(b"www.example.com", dns.A)[0].payload, first[0].payload)
-        self.assertEqual(cache.stats().size_bytes, after)
+        self.assertIsNot(first[0].payload, second[0].payload)
+        self.assertEqual(addresses(cache.get(b"obj.example.com", dns.A)), ["192.0.2.9"])
+        self.assertEqual(cache.stats().size_bytes, before)
+        for _, entry in cache.peek(b"obj.example.com") + cache.peek(b"www.example.com"):
+            self.assertEqual({p.__class__ for p in entry.payloads}, {bytes})
 
     def test_undecodable_rdata_is_dropped(self):
         """An RRset whose rdata does not decode is a miss and leaves the cache."""

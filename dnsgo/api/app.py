@@ -15,6 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
 
 from klein import Klein
@@ -22,10 +23,14 @@ from klein import Klein
 import dnsgo
 from dnsgo.api import views
 from dnsgo.api.auth import check_authorization
-from dnsgo.api.clear import RequestError, clear_response_body, clip_list, parse_clear_request
-from dnsgo.api.errors import error_reply, error_response, json_reply
+from dnsgo.api.cache_io import parse_dump_request, parse_entries_request, parse_load_request
+from dnsgo.api.clear import RequestError, clear_response_body, clip, clip_list, parse_clear_request
+from dnsgo.api.errors import Unavailable, error_reply, error_response, json_reply
 from dnsgo.api.openapi import openapi_document
+from dnsgo.api.static import Dashboard
 from dnsgo.api.metrics import ClusterMetrics
+from dnsgo.cache.dump import end_line, header_line
+from dnsgo.control.commands import describe
 from dnsgo.dns.types import RRSET
 from dnsgo.invalidation.flush import Flush
 
@@ -33,7 +38,8 @@ from dnsgo.invalidation.flush import Flush
 PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 #: The routes served without a token (probes carry none).  Every other route needs it.
-OPEN_PATHS = frozenset({"/api/health", "/api/ready"})
+#: The dashboard's files carry no data (its script asks for the token).
+OPEN_PATHS = frozenset({"/api/health", "/api/ready", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"})
 
 class WorkerView(Protocol):
     """What the API knows about one worker."""
@@ -71,6 +77,22 @@ class ClusterView(Protocol):
     def upstreams(self) -> list[dict]:
         """[{workerId, upstreams: [L3 entries as in the snapshot]}]."""
 
+    def entries(self, worker_ids: list[str] | None, name: str, type: str | None) -> Deferred:
+        """Each worker's (or the listed ones') L1 and L2 for ``name``: [{workerId, success, l1, l2, truncated[, error]}].
+        Raises KeyError at once for unknown worker ids."""
+
+    def shared_entries(self, name: str, type: str | None) -> Deferred:
+        """What the shared cache holds for ``name``: {reachable, entries}, or None without a shared cache."""
+
+    def dump_shard(self, worker_id: str, shard: int) -> Deferred:
+        """(lines, shards): the dump lines of segment ``shard`` of the worker's L2 and how many segments it has."""
+
+    def load(self, worker_ids: list[str] | None, chunks) -> Deferred:
+        """Load chunks of dump entry lines: [{workerId, success, loaded, expired[, error]}]."""
+
+    def ha(self) -> dict:
+        """{mode, role, term, leader, site, priority}: the high-availability state (docs/dashboard.md)."""
+
 
 def _path_info(target: bytes) -> str | None:
     """
@@ -101,6 +123,7 @@ class ManagementAPI:
         self._token = token.encode("utf-8")
         self._metrics = ClusterMetrics(view, reactor=reactor)
         self._openapi = openapi_document(dnsgo.__version__)
+        self._dashboard = Dashboard.load()
 
     @property
     def metrics(self) -> ClusterMetrics:
@@ -206,6 +229,76 @@ class ManagementAPI:
         )
         return json_reply(request, 200, clear_response_body(result, shared_expected))
 
+    @app.route("/api/cache/entries", methods=["GET"])
+    async def cache_entries(self, request):
+        """What L1, L2 (per worker) and the shared cache hold for a name (docs/api.md)."""
+        self._authorize(request)
+        req = parse_entries_request(request.args)
+        workers = {w.worker_id: w for w in self._view.workers()}
+        if req.worker is not None:
+            _refuse_unknown([req.worker] if req.worker not in workers else [])
+        try:
+            pending = self._view.entries([req.worker] if req.worker else None, req.name, req.type)
+        except KeyError as error:
+            _refuse_unknown(error.args[0] if error.args else ())
+            raise
+        except ValueError as error:
+            raise RequestError(str(error)) from None
+        results = await pending
+        shared = await self._view.shared_entries(req.name, req.type)
+        return json_reply(request, 200, views.entries_body(req, results, workers, shared))
+
+    @app.route("/api/cache/dump", methods=["POST"])
+    async def cache_dump(self, request):
+        """One worker's L2 as a cache dump (docs/cache-dump.md), streamed segment by segment."""
+        self._authorize(request)
+        worker = parse_dump_request(request.args)
+        known = [w.worker_id for w in self._view.workers()]
+        if worker is None:
+            if len(known) != 1:
+                raise RequestError(f"give ?worker=ID: there are {len(known)} workers")
+            worker = known[0]
+        _refuse_unknown([] if worker in known else [worker])
+        try:
+            lines, shards = await self._view.dump_shard(worker, 0)
+        except KeyError:
+            _refuse_unknown([worker])
+            raise
+        except Exception as error:
+            raise Unavailable(f"worker {clip(worker)} did not give its cache: {describe(Failure(error))}") from None
+        request.setHeader(b"Content-Type", b"application/x-ndjson")
+        request.setHeader(b"Cache-Control", b"no-store")
+        request.write(header_line(worker, self._reactor.seconds()).encode("ascii"))
+        count = 0
+        for shard in range(shards):
+            if shard:
+                try:
+                    lines, _ = await self._view.dump_shard(worker, shard)
+                except Exception as error:
+                    # The status is sent: leave the end line out, so that the dump reads as cut off.
+                    self.log.warn("cache dump of {worker} cut off at segment {shard}: {why}",
+                                  worker=worker, shard=shard, why=describe(Failure(error)))
+                    return b""
+            count += lines.count("\n")
+            request.write(lines.encode("ascii"))
+        request.write(end_line(count).encode("ascii"))
+        return b""
+
+    @app.route("/api/cache/load", methods=["POST"])
+    async def cache_load(self, request):
+        """Load a cache dump into one worker's L2 or every worker's; 400 for anything but a whole dump."""
+        self._authorize(request)
+        req = parse_load_request(request.args, request.content.read())
+        if req.worker is not None:
+            _refuse_unknown([] if req.worker in {w.worker_id for w in self._view.workers()} else [req.worker])
+        try:
+            pending = self._view.load([req.worker] if req.worker else None, req.chunks)
+        except KeyError as error:
+            _refuse_unknown(error.args[0] if error.args else ())
+            raise
+        results = await pending
+        return json_reply(request, 200, views.load_body(req, results))
+
     @app.route("/api/workers", methods=["GET"])
     def workers(self, request):
         """Every worker's identity, liveness and totals."""
@@ -217,6 +310,19 @@ class ManagementAPI:
         """Every worker's upstreams (L3)."""
         self._authorize(request)
         return json_reply(request, 200, views.upstreams_body(self._view.upstreams()))
+
+    @app.route("/api/ha", methods=["GET"])
+    def ha(self, request):
+        """The high-availability state: mode, role, term, leader."""
+        self._authorize(request)
+        return json_reply(request, 200, self._view.ha())
+
+    @app.route("/dashboard", methods=["GET"], endpoint="dashboard_page", defaults={"name": "index.html"})
+    @app.route("/dashboard/dashboard.js", methods=["GET"], endpoint="dashboard_js", defaults={"name": "dashboard.js"})
+    @app.route("/dashboard/dashboard.css", methods=["GET"], endpoint="dashboard_css", defaults={"name": "dashboard.css"})
+    def dashboard(self, request, name):
+        """The dashboard's page, script and style sheet (a fixed list; static, so no token)."""
+        return self._dashboard.reply(request, name)
 
     @app.route("/api/openapi.json", methods=["GET"])
     def openapi(self, request):

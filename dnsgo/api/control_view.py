@@ -38,6 +38,38 @@ class ControlClusterView(RootView):
         d.addCallback(shared)
         return d
 
+    def entries(self, worker_ids, name: str, type: str | None) -> defer.Deferred:
+        """Every worker's (or the listed workers') L1 and L2 for ``name``, asked over the control channel."""
+        return self._root.control.inspect_cache(list(worker_ids) if worker_ids else None, name, type)
+
+    def dump_shard(self, worker_id: str, shard: int) -> defer.Deferred:
+        """The dump lines of segment ``shard`` of ``worker_id``'s L2 and the number of segments."""
+        return self._root.control.dump_shard(worker_id, shard)
+
+    def load(self, worker_ids, chunks) -> defer.Deferred:
+        """
+        Send the chunks of dump entry lines to the workers one chunk at a
+        time; fires with each worker's summed counts (a worker that failed a
+        chunk is marked failed with its error).
+        """
+        control = self._root.control
+        targets = list(worker_ids) if worker_ids else None
+
+        async def run():
+            totals: dict[str, dict] = {}
+            for chunk in chunks:
+                for result in await control.load_cache(targets, chunk):
+                    total = totals.setdefault(result["workerId"], {
+                        "workerId": result["workerId"], "success": True, "loaded": 0, "expired": 0})
+                    total["loaded"] += result.get("loaded", 0)
+                    total["expired"] += result.get("expired", 0)
+                    if not result["success"]:
+                        total["success"] = False
+                        total["error"] = result.get("error")
+            return list(totals.values())
+
+        return defer.ensureDeferred(run())
+
     def upstreams(self) -> list:
         return [
             {"workerId": w.worker_id, "upstreams": (w.snapshot or {}).get("upstreams", [])}

@@ -24,6 +24,10 @@ class BodyTooLarge(Exception):
         self.limit = limit
 
 
+class Unavailable(Exception):
+    """What the request needs cannot be reached now (HTTP 503): a worker that does not answer; the text says which."""
+
+
 def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, bytes]]:
     """
     The one map from exceptions to responses: (status, error code, reason,
@@ -31,6 +35,8 @@ def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, byt
     """
     if isinstance(error, RequestError):
         return 400, "bad_request", clip(str(error), MAX_REASON), {}
+    if isinstance(error, Unavailable):
+        return 503, "unavailable", clip(str(error), MAX_REASON), {}
     if isinstance(error, BodyTooLarge):
         return 413, "payload_too_large", str(error), {b"Connection": b"close"}
     if isinstance(error, Unauthorized):

@@ -9,12 +9,16 @@ from twisted.internet import defer
 
 from dnsgo.api.shared_status import shared_cache_status
 from dnsgo.api.snapshot import worker_snapshot
-from dnsgo.dns.types import RRSET
+from dnsgo.cache.inspect import shared_entries
+from dnsgo.dns.types import RRSET, parse_qtype
 from dnsgo.invalidation.flush import Flush, apply_locally, flush_shared
 from dnsgo.invalidation.strategies import SharedFlushFailed
 
 _L2_TYPE = {"redis": "redis", "redis-sentinel": "redis-sentinel", "redis-cluster": "redis-cluster"}
 _REPLICATION = {"redis": "none", "redis-sentinel": "sentinel", "redis-cluster": "cluster"}
+
+#: ``GET /api/ha`` of a process that runs no high availability.
+NO_HA = {"mode": "off", "role": "single", "term": 0, "leader": None, "site": None, "priority": None}
 
 
 def architecture(config) -> dict:
@@ -80,6 +84,15 @@ class RootView:
         root = self._root
         return shared_cache_status(root.config, root.backend, root.shared_store, reactor=self._reactor)
 
+    def ha(self) -> dict:
+        """The high-availability state of a process without HA: a single, unreplicated one."""
+        return dict(NO_HA)
+
+    def shared_entries(self, name: str, type: str | None) -> defer.Deferred:
+        """What the shared cache holds for ``name`` (of ``type``, or the usual types): a dict, or None without one."""
+        dotted = name.rstrip(".").encode("ascii")
+        return shared_entries(self._root.shared_store, dotted, parse_qtype(type) if type else None)
+
 
 class LocalClusterView(RootView):
     """The management API's view of a single serving process."""
@@ -135,3 +148,31 @@ class LocalClusterView(RootView):
             {"workerId": self._root.identity.worker_id,
              "upstreams": [attrs.asdict(u) for u in self._root.infra.snapshot()]}
         ]
+
+    def entries(self, worker_ids, name: str, type: str | None) -> defer.Deferred:
+        """This process's L1 and L2 for ``name``: one worker result (KeyError for another worker id)."""
+        self._check_ids(worker_ids)
+        mine = {"workerId": self._root.identity.worker_id, "success": True,
+                **self._root.cache_tools.inspect(name, type)}
+        return defer.succeed([mine])
+
+    def dump_shard(self, worker_id: str, shard: int) -> defer.Deferred:
+        """The dump lines of L2 segment ``shard`` and the number of segments (KeyError for another worker id)."""
+        self._check_ids([worker_id])
+        lines, shards = self._root.cache_tools.dump_shard(shard)
+        return defer.succeed(("".join(lines), shards))
+
+    def load(self, worker_ids, chunks) -> defer.Deferred:
+        """Load dump entry lines (in chunks) into L2: one worker result (KeyError for another worker id)."""
+        self._check_ids(worker_ids)
+        loaded = expired = 0
+        for chunk in chunks:
+            result = self._root.cache_tools.load(chunk)
+            loaded, expired = loaded + result.loaded, expired + result.expired
+        return defer.succeed([{"workerId": self._root.identity.worker_id, "success": True,
+                               "loaded": loaded, "expired": expired}])
+
+    def _check_ids(self, worker_ids) -> None:
+        unknown = sorted(set(worker_ids or ()) - {self._root.identity.worker_id})
+        if unknown:
+            raise KeyError(unknown)

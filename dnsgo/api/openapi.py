@@ -49,7 +49,8 @@ def _schemas() -> dict:
             "type": {"type": "string", "enum": ["redis", "redis-sentinel", "redis-cluster"]},
             "address": _STRING,
             "status": _STRING,
-            "stats": _object({"hits": _INT, "misses": _INT, "hit_rate": _RATE, "size_bytes": _INT}),
+            "stats": _object({"hits": _INT, "misses": _INT, "hit_rate": _RATE, "size_bytes": _INT, "keys": _INT},
+                             required=["hits", "misses", "hit_rate", "size_bytes"]),
             "lastSync": _nullable(_TIME),
         }, nullable=True, description="null when there is no shared cache (modes standalone and local-only)"),
         "Aggregated": _object({
@@ -107,13 +108,49 @@ def _schemas() -> dict:
         "Upstreams": _object({"workers": {"type": "array", "items": _object({
             "workerId": _STRING, "upstreams": {"type": "array", "items": _ref("Upstream")},
         })}}),
+        "CacheEntries": _object({
+            "name": _STRING, "type": _nullable(_STRING),
+            "workers": {"type": "array", "items": _object({
+                "workerId": _STRING, "clusterName": _STRING, "success": {"type": "boolean"}, "error": _nullable(_STRING),
+                "l1": {"type": "array", "items": _object({
+                    "type": _STRING, "flags": _STRING, "rcode": _STRING, "ttl": _INT, "stale": {"type": "boolean"},
+                    "records": {"type": "array", "items": _STRING}})},
+                "l2": {"type": "array", "items": _object({
+                    "type": _nullable(_STRING), "kind": {"type": "string", "enum": ["rrset", "nodata", "nxdomain"]},
+                    "ttl": _INT, "rank": _STRING, "source": {"type": "string", "enum": ["upstream", "shared", "load"]},
+                    "records": {"type": "array", "items": _STRING}})},
+                "truncated": {"type": "boolean"},
+            })},
+            "shared": _nullable(_object({
+                "reachable": {"type": "boolean"},
+                "entries": {"type": "array", "items": _object({
+                    "type": _nullable(_STRING), "kind": _STRING, "ttl": _INT, "stale": {"type": "boolean"},
+                    "rank": _STRING, "records": {"type": "array", "items": _STRING}})},
+            })),
+        }),
+        "LoadResult": _object({
+            "entries": _INT, "writtenBy": _STRING,
+            "results": {"type": "array", "items": _object({
+                "workerId": _STRING, "success": {"type": "boolean"}, "loaded": _INT, "expired": _INT,
+                "error": _nullable(_STRING)})},
+        }),
         "Health": _object({"status": {"type": "string", "enum": ["ok"]}}),
         "Ready": _object({"status": {"type": "string", "enum": ["ready", "not_ready"]}}),
+        "HighAvailability": _object({
+            "mode": {"type": "string", "enum": ["off", "active_passive"]},
+            "role": {"type": "string", "enum": ["single", "active", "standby", "candidate"]},
+            "term": _INT, "leader": _nullable(_STRING), "site": _nullable(_STRING),
+            "priority": _nullable({"type": "integer"}),
+        }),
     }
 
 
 def _json(description: str, schema: dict, **more) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}, **more}
+
+
+def _static(description: str, media_type: str) -> dict:
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
 
 
 def _responses() -> dict:
@@ -151,9 +188,9 @@ def openapi_document(version: str) -> dict:
             "version": version,
             "description": (
                 "Cache statistics and cache clearing across dnsgo workers, worker and upstream state, "
-                "health, readiness and Prometheus metrics.  Every route except /api/health and "
-                "/api/ready needs 'Authorization: Bearer <token>' (one such header) when a token is configured.  "
-                "Request bodies are limited to 64 KiB (413)."
+                "health, readiness and Prometheus metrics.  Every route except /api/health, "
+                "/api/ready and the dashboard's static files needs 'Authorization: Bearer <token>' (one such header) when a token is configured.  "
+                "Request bodies are limited to 64 KiB (413), but a cache load's (api.max_load_mb)."
             ),
         },
         "security": [{"bearerAuth": []}],
@@ -173,6 +210,34 @@ def openapi_document(version: str) -> dict:
                     },
                 },
             },
+            "/api/cache/entries": {"get": {
+                **_get("What L1, L2 (per worker) and the shared cache hold for one name.",
+                       _json("The entries.", _ref("CacheEntries")),
+                       more={"400": {"$ref": "#/components/responses/BadRequest"}}),
+                "parameters": [
+                    {"name": "name", "in": "query", "required": True, "schema": _STRING},
+                    {"name": "type", "in": "query", "required": False, "schema": _STRING},
+                    {"name": "worker", "in": "query", "required": False, "schema": _STRING},
+                ],
+            }},
+            "/api/cache/dump": {"post": {
+                **_get("One worker's L2 as a cache dump (docs/cache-dump.md), streamed.",
+                       _static("The dump (JSON lines).", "application/x-ndjson"),
+                       more={"400": {"$ref": "#/components/responses/BadRequest"},
+                             "503": _json("The worker did not give its cache.", _ref("Error"))}),
+                "parameters": [{"name": "worker", "in": "query", "required": False, "schema": _STRING}],
+            }},
+            "/api/cache/load": {"post": {
+                **_get("Load a cache dump into one worker's L2, or every worker's.",
+                       _json("What each worker loaded.", _ref("LoadResult")),
+                       more={"400": {"$ref": "#/components/responses/BadRequest"},
+                             "413": {"$ref": "#/components/responses/PayloadTooLarge"}}),
+                "parameters": [{"name": "worker", "in": "query", "required": False, "schema": _STRING}],
+                "requestBody": {"required": True, "content": {
+                    "application/x-ndjson": {"schema": _STRING},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                }},
+            }},
             "/api/workers": {"get": _get("Every worker's identity, liveness and totals.", _json("The workers.", _ref("Workers")))},
             "/api/upstreams": {"get": _get("Every worker's view of its upstreams (the L3 cache).",
                                            _json("The upstreams.", _ref("Upstreams")))},
@@ -181,6 +246,14 @@ def openapi_document(version: str) -> dict:
                 "Readiness: the DNS service is up.", _json("Ready.", _ref("Ready")), secured=False,
                 more={"503": _json("Not ready yet, or no longer.", _ref("Ready"))},
             )},
+            "/api/ha": {"get": _get("The high-availability state: mode, role, term, leader.",
+                                    _json("The state.", _ref("HighAvailability")))},
+            "/dashboard": {"get": _get("The dashboard page (static; its script asks for the token).",
+                                       _static("The page.", "text/html"), secured=False)},
+            "/dashboard/dashboard.js": {"get": _get("The dashboard's script.",
+                                                    _static("The script.", "text/javascript"), secured=False)},
+            "/dashboard/dashboard.css": {"get": _get("The dashboard's style sheet.",
+                                                     _static("The style sheet.", "text/css"), secured=False)},
             "/api/openapi.json": {"get": _get("This document.", _json("OpenAPI 3.0 document.", {"type": "object"}))},
             "/metrics": {"get": _get(
                 "Prometheus metrics (text exposition format 0.0.4).",

@@ -30,13 +30,14 @@ def shared_cache_status(config, backend, store=None, *, reactor) -> defer.Deferr
                 "misses": misses,
                 "hit_rate": hit_rate(hits, misses),
                 "size_bytes": int(info.get("used_memory", 0)),
+                "keys": int(info.get("keys", 0)),
             },
             "lastSync": datetime.fromtimestamp(reactor.seconds(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
     def without_info(_failure):
-        return {**base, "status": "unavailable", "stats": {"hits": 0, "misses": 0, "hit_rate": 0.0, "size_bytes": 0},
-                "lastSync": None}
+        return {**base, "status": "unavailable",
+                "stats": {"hits": 0, "misses": 0, "hit_rate": 0.0, "size_bytes": 0, "keys": 0}, "lastSync": None}
 
     d = backend.info()
     d.addCallbacks(with_info, without_info)

@@ -42,6 +42,9 @@ from dnsgo.api.auth import Unauthorized
 
 #: The largest request body accepted, in bytes (a clear request is well under 1 kB).
 MAX_BODY_BYTES = 64 * 1024
+#: The cap of a cache load's body (``api.max_load_mb``), the one route that takes large bodies.
+MAX_LOAD_BYTES = 64 * 2**20
+LOAD_PATHS = frozenset({b"/api/cache/load"})
 #: After refusing a request whose body is still coming, how long, and how
 #: many bytes of it, to read and drop before cutting the connection.
 DRAIN_SECONDS = 5.0
@@ -106,7 +109,7 @@ class APIRequest(server.Request):
             self._drain(len(data))
             return
         self._received += len(data)
-        limit = self.channel.site.max_body
+        limit = self.channel.site.body_limit(getattr(self.channel, "_path", None))
         if self._received > limit:
             self.content.close()
             self.content = io.BytesIO()
@@ -184,11 +187,18 @@ class APISite(server.Site):
     displayTracebacks = False
     noisy = False
 
-    def __init__(self, api, *, reactor, max_body: int = MAX_BODY_BYTES, **kwargs) -> None:
+    def __init__(self, api, *, reactor, max_body: int = MAX_BODY_BYTES, max_load_body: int = MAX_LOAD_BYTES, **kwargs) -> None:
         kwargs.setdefault("logFormatter", redacted_log_formatter)
         super().__init__(api.resource(), reactor=reactor, **kwargs)
         self.api = api
         self.max_body = max_body
+        self.max_load_body = max_load_body
+
+    def body_limit(self, target: bytes | None) -> int:
+        """The largest body a request for ``target`` may send: ``max_load_body`` for a cache load, else ``max_body``."""
+        if target is not None and without_query(target) in LOAD_PATHS:
+            return self.max_load_body
+        return self.max_body
 
     def check_headers(self, request: APIRequest, length: int | None) -> None:
         """
@@ -203,5 +213,6 @@ class APISite(server.Site):
         target = getattr(request.channel, "_path", None)
         if method is None or target is None or self.api.needs_token(method, target):
             self.api.check_token(request.requestHeaders.getRawHeaders(b"Authorization"))
-        if length is not None and length > self.max_body:
-            raise BodyTooLarge(self.max_body)
+        limit = self.body_limit(target)
+        if length is not None and length > limit:
+            raise BodyTooLarge(limit)

@@ -67,6 +67,8 @@ def shared_body(shared: dict | None) -> dict | None:
     stats = {field: given.get(field, 0) for field in SHARED_STATS_FIELDS}
     if "hit_rate" not in given:
         stats["hit_rate"] = hit_rate(stats["hits"], stats["misses"])
+    if "keys" in given:  # beyond the seed's fields: the keys the shared cache holds (DBSIZE)
+        stats["keys"] = given["keys"]
     return {
         "type": shared.get("type"),
         "address": shared.get("address"),
@@ -147,3 +149,38 @@ def upstreams_body(entries: list[dict]) -> dict:
 def error_body(error: str, reason: str) -> dict:
     """The body of every error response."""
     return {"error": error, "reason": reason}
+
+
+def entries_body(req, results: list[dict], workers: dict, shared: dict | None) -> dict:
+    """
+    The body of ``GET /api/cache/entries``: the name and type asked, each
+    worker's L1 and L2 (with its cluster name, and ``error`` when it did not
+    answer), and the shared cache's entries (None without one).
+    """
+    shown = []
+    for result in results:
+        worker = workers.get(result["workerId"])
+        shown.append({
+            "workerId": result["workerId"],
+            "clusterName": worker.cluster_name if worker is not None else "",
+            "success": result["success"],
+            "error": result.get("error"),
+            "l1": result.get("l1", []),
+            "l2": result.get("l2", []),
+            "truncated": bool(result.get("truncated", False)),
+        })
+    name = req.name if req.name.endswith(".") else req.name + "."
+    return {"name": name, "type": req.type, "workers": shown, "shared": shared}
+
+
+def load_body(req, results: list[dict]) -> dict:
+    """The body of ``POST /api/cache/load``: the dump's entry count and writer, and each worker's counts."""
+    return {
+        "entries": req.entries,
+        "writtenBy": req.written_by,
+        "results": [
+            {"workerId": r["workerId"], "success": r["success"], "loaded": r.get("loaded", 0),
+             "expired": r.get("expired", 0), "error": r.get("error")}
+            for r in results
+        ],
+    }

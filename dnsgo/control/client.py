@@ -28,7 +28,10 @@ from dnsgo.control.commands import (
     HandlerFailed,
     Heartbeat,
     Invalidate,
+    DumpCache,
+    InspectCache,
     InvalidRequest,
+    LoadCache,
     NotRegistered,
     Register,
     ReloadConfig,
@@ -71,6 +74,18 @@ class _WorkerProtocol(amp.AMP):
     def reload_config(self, config):
         return self._client._reload(config)
 
+    @InspectCache.responder
+    def inspect_cache(self, name, type):
+        return self._client._cache_tool("inspect", name, type or None)
+
+    @DumpCache.responder
+    def dump_cache(self, shard):
+        return self._client._cache_tool("dump_shard", shard)
+
+    @LoadCache.responder
+    def load_cache(self, lines):
+        return self._client._cache_tool("load", lines)
+
     @Shutdown.responder
     def shutdown(self):
         return self._client._shutdown()
@@ -93,6 +108,8 @@ def _handler_error(failure, command: str):
     here too, with its traceback, unless it is a bad request)."""
     if failure.check(ValueError, InvalidRequest):
         raise InvalidRequest(describe(failure))
+    if failure.check(HandlerFailed):
+        raise HandlerFailed(describe(failure))
     ControlClient.log.failure("carrying out {command} failed", failure, command=command)
     raise HandlerFailed(describe(failure))
 
@@ -121,7 +138,13 @@ class ControlClient(service.Service):
       InvalidRequest.
       It waits for a configuration being applied (so it never sees a
       worker without one);
-    - ``on_shutdown()``: stop the worker; called just after the answer left.
+    - ``on_shutdown()``: stop the worker; called just after the answer left;
+    - ``cache_tools()`` -> an object with ``inspect(name, type)`` (the
+      worker's part of ``GET /api/cache/entries``, a dict),
+      ``dump_shard(index)`` (``(lines, shards)``) and ``load(text)`` (a
+      :class:`dnsgo.cache.dump.LoadResult`), for InspectCache, DumpCache
+      and LoadCache; None while there is none.  A ValueError reaches the
+      control plane as InvalidRequest.
     """
 
     log = Logger(namespace="dnsgo.control")
@@ -141,6 +164,7 @@ class ControlClient(service.Service):
         on_clear: Callable[[Flush, bool], Any],
         on_reload: Callable[[str], Any],
         on_shutdown: Callable[[], Any],
+        cache_tools: Callable[[], Any] = lambda: None,
         heartbeat_interval_default: float = 5.0,
         command_timeout: float = COMMAND_TIMEOUT,
         reactor,
@@ -159,6 +183,7 @@ class ControlClient(service.Service):
         self._on_clear = on_clear
         self._on_reload = on_reload
         self._on_shutdown = on_shutdown
+        self._cache_tools = cache_tools
         self._default_interval = heartbeat_interval_default
         self._command_timeout = command_timeout
         self._reactor = reactor
@@ -312,6 +337,23 @@ class ControlClient(service.Service):
         return self._apply_reload(text).addCallbacks(
             lambda applied: {"applied": applied}, _handler_error, errbackArgs=("ReloadConfig",)
         )
+
+    def _cache_tool(self, operation: str, *arguments):
+        """Run InspectCache, DumpCache or LoadCache on the cache tools, once a configuration is applied."""
+
+        def run():
+            tools = self._cache_tools()
+            if tools is None:
+                raise HandlerFailed("this worker has no caches to inspect yet")
+            result = getattr(tools, operation)(*arguments)
+            if operation == "inspect":
+                return {"entries": json.dumps(result, separators=(",", ":"))}
+            if operation == "dump_shard":
+                lines, shards = result
+                return {"lines": "".join(lines), "shards": shards}
+            return {"loaded": result.loaded, "expired": result.expired}
+
+        return self._applying.run(run).addErrback(_handler_error, operation)
 
     def _shutdown(self):
         self.log.info("the control plane asked this worker to shut down")

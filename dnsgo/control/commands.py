@@ -19,7 +19,7 @@ from dnsgo.invalidation.flush import Flush
 
 
 #: What a worker built from this module can do, sent with Register.
-CAPABILITIES = ("heartbeat", "clear-cache", "reload-config", "shutdown", "invalidate")
+CAPABILITIES = ("heartbeat", "clear-cache", "reload-config", "shutdown", "invalidate", "cache-tools")
 
 
 class BigUnicode(amp.Argument):
@@ -160,6 +160,42 @@ class ClearCache(amp.Command):
         (b"cleared", amp.Integer()),
         (b"caches", amp.ListOf(amp.Unicode())),
     ]
+    errors = _ERRORS
+
+
+class InspectCache(amp.Command):
+    """
+    What the worker's L1 and L2 hold for ``name`` (dotted text), of
+    ``type`` (a mnemonic, or '' for every type): the JSON object of one
+    worker in ``GET /api/cache/entries`` (its ``l1``, ``l2`` and ``truncated``).
+    """
+
+    arguments = [(b"name", amp.Unicode()), (b"type", amp.Unicode())]
+    response = [(b"entries", BigUnicode())]
+    errors = _ERRORS
+
+
+class DumpCache(amp.Command):
+    """
+    The cache-dump lines (``docs/cache-dump.md``, no header or end line) of
+    segment ``shard`` of the worker's L2, and how many segments there are:
+    a dump is read one segment per command, so no answer holds a whole cache.
+    """
+
+    arguments = [(b"shard", amp.Integer())]
+    response = [(b"lines", BigUnicode()), (b"shards", amp.Integer())]
+    errors = _ERRORS
+
+
+class LoadCache(amp.Command):
+    """
+    Load cache-dump entry lines (no header or end line; checked by the
+    sender and again here) into the worker's L2; answers how many went in
+    and how many had expired.
+    """
+
+    arguments = [(b"lines", BigUnicode())]
+    response = [(b"loaded", amp.Integer()), (b"expired", amp.Integer())]
     errors = _ERRORS
 
 

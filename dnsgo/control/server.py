@@ -17,6 +17,9 @@ from twisted.protocols import amp
 
 from dnsgo.control.commands import (
     ClearCache,
+    DumpCache,
+    InspectCache,
+    LoadCache,
     Heartbeat,
     Invalidate,
     InvalidRequest,
@@ -251,6 +254,44 @@ class ControlService(service.Service):
             return results[0]
 
         return self._each(targets, Shutdown, {}, lambda answer: {"success": True}, {}).addCallback(forget)
+
+    def inspect_cache(self, worker_ids: list[str] | None, name: str, type: str | None) -> defer.Deferred:
+        """
+        Ask the workers ``worker_ids`` (None: all) what their L1 and L2 hold
+        for ``name``.  Fires with ``{workerId, success, l1, l2, truncated[, error]}``
+        per worker.  Raises KeyError naming the unknown ids.
+        """
+
+        def entries(answer):
+            return {"success": True, **json.loads(answer["entries"])}
+
+        arguments = {"name": name, "type": type or ""}
+        return self._each(self._targets(worker_ids), InspectCache, arguments, entries,
+                          {"l1": [], "l2": [], "truncated": False})
+
+    def dump_shard(self, worker_id: str, shard: int) -> defer.Deferred:
+        """
+        Fires with ``(lines, shards)``: the dump lines of segment ``shard``
+        of ``worker_id``'s L2 and how many segments it has; fails with the
+        worker's error.  Raises KeyError if the worker is unknown.
+        """
+        session = self._targets([worker_id])[0]
+        if session.protocol is None:
+            return defer.fail(InvalidRequest(f"worker {worker_id} is not connected"))
+        d = call(session.protocol, DumpCache, timeout=self.command_timeout, reactor=self._reactor, shard=shard)
+        return d.addCallback(lambda answer: (answer["lines"], answer["shards"]))
+
+    def load_cache(self, worker_ids: list[str] | None, lines: str) -> defer.Deferred:
+        """
+        Send dump entry lines to the workers ``worker_ids`` (None: all) to
+        load.  Fires with ``{workerId, success, loaded, expired[, error]}``
+        per worker.  Raises KeyError naming the unknown ids.
+        """
+
+        def counts(answer):
+            return {"success": True, "loaded": answer["loaded"], "expired": answer["expired"]}
+
+        return self._each(self._targets(worker_ids), LoadCache, {"lines": lines}, counts, {"loaded": 0, "expired": 0})
 
     # -- internals ---------------------------------------------------------
 

@@ -119,6 +119,11 @@ class PlainInstallTests(unittest.SynchronousTestCase):
 
         self.assertTrue(os.path.isfile(os.path.join(site, "twisted", "plugins", "dnsgo_plugin.py")),
                         "twisted/plugins/dnsgo_plugin.py is not installed")
+        from dnsgo.api.static import DASHBOARD_FILES  # the dashboard's page, script and style sheet
+
+        for name in DASHBOARD_FILES:
+            self.assertTrue(os.path.isfile(os.path.join(site, "dnsgo", "api", "dashboard", name)),
+                            f"dashboard/{name} is not installed")
         for shadow in (os.path.join("twisted", "__init__.py"), os.path.join("twisted", "plugins", "__init__.py")):
             self.assertFalse(os.path.exists(os.path.join(site, shadow)), f"{shadow} was installed")
         self.assertFalse(os.path.exists(os.path.join(site, "twisted", "plugins", "dropin.cache")),

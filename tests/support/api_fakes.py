@@ -95,6 +95,8 @@ class FakeCluster:
         self.shared_error = None
         self.vanished = set()
         self.threads = []
+        #: What ha() answers (GET /api/ha).
+        self.ha_state = {"mode": "off", "role": "single", "term": 0, "leader": None, "site": None, "priority": None}
 
     def mode(self):
         return self.mode_name
@@ -138,6 +140,31 @@ class FakeCluster:
     def upstreams(self):
         return [{"workerId": w.worker_id, "upstreams": (w.snapshot or {}).get("upstreams", [])}
                 for w in self.worker_list]
+
+    def ha(self):
+        return dict(self.ha_state)
+
+    def entries(self, worker_ids, name, type):
+        ids = worker_ids or [w.worker_id for w in self.worker_list]
+        return defer.succeed([{"workerId": w, "success": True, "l1": [], "l2": [], "truncated": False} for w in ids])
+
+    def shared_entries(self, name, type):
+        return defer.succeed(None if self.mode_name != "hybrid" else {"reachable": True, "entries": []})
+
+    #: The dump lines of each L2 segment of every fake worker (two segments, one entry).
+    dump_segments = (
+        '{"name":"www.example.com.","type":"A","class":1,"owner":"www.example.com.","kind":"rrset",'
+        '"rank":"answer","expires":4000000000.0,"rdata":["wAACAQ=="]}\n',
+        "",
+    )
+
+    def dump_shard(self, worker_id, shard):
+        return defer.succeed((self.dump_segments[shard], len(self.dump_segments)))
+
+    def load(self, worker_ids, chunks):
+        ids = worker_ids or [w.worker_id for w in self.worker_list]
+        count = sum(chunk.count("\n") + 1 for chunk in chunks if chunk)
+        return defer.succeed([{"workerId": w, "success": True, "loaded": count, "expired": 0} for w in ids])
 
 
 def serve(testcase, api, **site_options) -> int:

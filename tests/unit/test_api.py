@@ -269,15 +269,20 @@ class HTTPAuthTests(_Served):
     def test_every_secured_operation(self):
         """Every operation the OpenAPI document marks secured answers 401 without the token, 2xx/4xx with it."""
         document = openapi_document("x")
+        dump = (b'{"format":"dnsgo-cache-dump","version":1,"worker":"w","created":1}\n'
+                + FakeCluster.dump_segments[0].encode() + b'{"end":true,"entries":1}\n')
+        queries = {"/api/cache/entries": "?name=www.example.com"}
+        bodies = {"delete": {"target": "worker", "workerIds": ["worker-1"]}, "/api/cache/load": dump}
         for path, item in document["paths"].items():
             for method, operation in item.items():
-                body = {"target": "worker", "workerIds": ["worker-1"]} if method == "delete" else None
-                r = yield self.call(method.upper().encode(), path.encode(), body=body, token=None)
+                body = bodies.get(method, bodies.get(path)) if method != "get" else None
+                target = path + queries.get(path, "")
+                r = yield self.call(method.upper().encode(), target.encode(), body=body, token=None)
                 if operation.get("security") == []:
                     self.assertEqual(r.status, 200, path)
                     continue
                 self.assertEqual(r.status, 401, (method, path))
-                r = yield self.call(method.upper().encode(), path.encode(), body=body)
+                r = yield self.call(method.upper().encode(), target.encode(), body=body)
                 self.assertEqual(r.status, 200, (method, path))
 
     @defer.inlineCallbacks

@@ -42,7 +42,8 @@ class LayerContractTests(unittest.TestCase):
         """Every contract is kept by the tree as it is."""
         result = self.lint(self.copy())
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
-        self.assertIn("Contracts: 3 kept, 0 broken.", result.stdout)
+        contracts = open(os.path.join(ROOT, "setup.cfg"), encoding="utf-8").read().count("[importlinter:contract:")
+        self.assertIn(f"Contracts: {contracts} kept, 0 broken.", result.stdout)
 
     def test_cache_importing_a_resolver_breaks_the_build(self):
         """cache/ importing resolve/ breaks the layers and the pure-storage contracts (and makes a cycle)."""

@@ -155,10 +155,10 @@
       });
       render(got);
       $("problem").textContent = problems.join("; ");
-      if (got.distributed || got.workers) {
-        document.body.dataset.state = "live";
+      if (got.distributed && got.workers) {
         $("updated").textContent = "updated " + new Date().toLocaleTimeString("en-GB");
       }
+      document.body.dataset.state = problems.length ? "degraded" : "live";
     } catch (error) {
       if (generation === state.generation) $("problem").textContent = "dashboard error: " + error.message;
     } finally {
@@ -225,35 +225,34 @@
     for (const [name, value] of Object.entries(attributes || {})) element.dataset[name] = String(value);
   }
 
+  /** Show what came; a part whose reads failed keeps what it showed (the problem line says why). */
   function render(got) {
     const distributed = got.distributed;
     if (distributed) {
       state.mode = distributed.mode;
       $("mode").textContent = distributed.mode;
-    }
-    const details = new Map(((got.workers && got.workers.workers) || []).map((w) => [w.workerId, w]));
-    const stats = new Map(((distributed && distributed.workers) || []).map((w) => [w.workerId, w]));
-    const ids = [...new Set([...stats.keys(), ...details.keys()])].sort();
-    const qps = new Map();
-    for (const [id, detail] of details) qps.set(id, queriesPerSecond(detail));
-    if (got.workers) {
-      for (const id of [...state.snapshots.keys()]) if (!details.has(id)) state.snapshots.delete(id);
-    }
-    if (distributed || got.workers) renderWorkers(ids, stats, details, qps);
-    if (distributed) renderShared(distributed.sharedCache);
-    if (got.upstreams) renderUpstreams(got.upstreams.workers || []);
-    if (got.ha) renderHA(got.ha);
-    renderWorkerChoices(ids);
-    const known = [...qps.values()].filter((q) => q != null);
-    const totalQps = known.length ? known.reduce((a, b) => a + b, 0) : null;
-    const healthy = ids.filter((id) => (stats.get(id) || details.get(id)).status === "healthy").length;
-    setField("total-workers", ids.length + " (" + healthy + " healthy)", { value: ids.length });
-    setField("total-qps", rate(totalQps), { value: totalQps == null ? "" : totalQps });
-    if (distributed) {
+      renderShared(distributed.sharedCache);
       setField("total-hit-rate", percent(distributed.aggregated.averageHitRate),
         { value: distributed.aggregated.averageHitRate });
     }
-    if (distributed) record(totalQps, [...stats.values()]);
+    if (got.upstreams) renderUpstreams(got.upstreams.workers || []);
+    if (got.ha) renderHA(got.ha);
+    if (distributed && got.workers) {
+      const details = new Map((got.workers.workers || []).map((w) => [w.workerId, w]));
+      const stats = new Map((distributed.workers || []).map((w) => [w.workerId, w]));
+      const ids = [...new Set([...stats.keys(), ...details.keys()])].sort();
+      const qps = new Map();
+      for (const [id, detail] of details) qps.set(id, queriesPerSecond(detail));
+      for (const id of [...state.snapshots.keys()]) if (!details.has(id)) state.snapshots.delete(id);
+      renderWorkers(ids, stats, details, qps);
+      renderWorkerChoices(ids);
+      const known = [...qps.values()].filter((q) => q != null);
+      const totalQps = known.length ? known.reduce((a, b) => a + b, 0) : null;
+      const healthy = ids.filter((id) => (stats.get(id) || details.get(id)).status === "healthy").length;
+      setField("total-workers", ids.length + " (" + healthy + " healthy)", { value: ids.length });
+      setField("total-qps", rate(totalQps), { value: totalQps == null ? "" : totalQps });
+      record(totalQps, [...stats.values()]);
+    }
     drawChart();
   }
 

@@ -86,6 +86,8 @@ class Bench:
         workload.write_zone(self.workdir / "bench.zone", self.layout)
         workload.write_queries(self.workdir / "hit.txt", workload.hit_names(self.layout))
         self.zipf_trace = workload.zipf_trace(self.layout, self.args.zipf_nx / 100)
+        if self.args.zipf_scan:
+            self.zipf_trace = workload.with_scan(self.zipf_trace, self.layout, self.args.zipf_scan)
         workload.write_queries(self.workdir / "zipf.txt", self.zipf_trace)
         for index, kind in enumerate(servers.SERVERS):
             workload.write_queries(self.workdir / f"miss-{kind.name}.txt",
@@ -339,6 +341,11 @@ def parse_args(argv=None):
                         help="NSD's rrl-ratelimit (Debian's default is 200; 0, the default here, turns RRL off)")
     parser.add_argument("--zipf-nx", type=float, default=0.0, metavar="PCT",
                         help="percent of the Zipf trace asked for names that do not exist (each once)")
+    parser.add_argument("--zipf-scan", type=int, default=0, metavar="N",
+                        help="insert N one-hit wonders (existing names, each asked once) as one block "
+                             "in the middle of the Zipf trace")
+    parser.add_argument("--dnsgo-eviction", choices=("s3fifo", "lru"), default="s3fifo",
+                        help="dnsgo's eviction policy for both caches (default s3fifo)")
     parser.add_argument("--cache-mb", default="64,128", metavar="MSG,RRSET",
                         help="message and RRset cache sizes in MiB, for dnsgo and Unbound alike (default 64,128)")
     parser.add_argument("--profile", action="store_true",
@@ -353,6 +360,7 @@ def main(argv=None) -> int:
     """Run the benchmark; return the exit status."""
     args = parse_args(argv)
     servers.DNSGO_UPSTREAM_EXTRA[:] = args.dnsgo_upstream
+    servers.DNSGO_EVICTION[:] = [args.dnsgo_eviction]
     try:
         servers.CACHE_MB[:] = [int(part) for part in args.cache_mb.split(",")]
         if len(servers.CACHE_MB) != 2 or min(servers.CACHE_MB) < 1:

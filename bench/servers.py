@@ -126,6 +126,9 @@ DNSGO_UPSTREAM_EXTRA: list[str] = []
 #: The message and RRset cache sizes in MiB of dnsgo and Unbound alike (``bench/run.py --cache-mb``).
 CACHE_MB: list[int] = [64, 128]
 
+#: dnsgo's eviction policy (``bench/run.py --dnsgo-eviction``).
+DNSGO_EVICTION: list[str] = ["s3fifo"]
+
 
 def dnsgo_command(workdir: Path, port: int, upstream_port: int) -> list[str]:
     """Write the minimal dnsgo YAML configuration (the caches sized like
@@ -137,8 +140,8 @@ server:
   listen_address: "{HOST}:{port}"
 upstreams: ["{HOST}:{upstream_port}"]
 cache:
-  message_cache: {{max_size_mb: {CACHE_MB[0]}}}
-  rrset_cache: {{max_size_mb: {CACHE_MB[1]}}}
+  message_cache: {{max_size_mb: {CACHE_MB[0]}, eviction: {DNSGO_EVICTION[0]}}}
+  rrset_cache: {{max_size_mb: {CACHE_MB[1]}, eviction: {DNSGO_EVICTION[0]}}}
 """ + (f"upstream:\n{upstream}" if upstream else ""))
     return [venv_bin("twistd"), "-n", "--pidfile=", "dnsgo", "--config", str(conf)]
 

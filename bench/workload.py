@@ -133,6 +133,21 @@ def zipf_trace(layout: Layout, nx_share: float = 0.0) -> list[str]:
     return trace
 
 
+def with_scan(trace: list[str], layout: Layout, count: int) -> list[str]:
+    """
+    ``trace`` with ``count`` one-hit wonders inserted as one block in the
+    middle: names of the zone asked once each, taken from the end of the
+    last server's miss block (Twisted Names'), which no other scenario of a
+    dnsgo/Unbound run asks for.
+    """
+    block = layout.miss_range(layout.servers - 1)
+    if count > len(block):
+        raise SystemExit(f"--zipf-scan: at most {len(block):,} names")
+    scan = [a_name(i) for i in range(block.stop - count, block.stop)]
+    middle = len(trace) // 2
+    return trace[:middle] + scan + trace[middle:]
+
+
 def ideal_hit_rate(trace: list[str]) -> float:
     """The hit rate of an infinite cache on ``trace``: only first sightings miss."""
     return 1.0 - len(set(trace)) / len(trace) if trace else 0.0

@@ -31,10 +31,13 @@ What it stores, and why:
   after all), and a lower-rank RRset for the name is not stored while the
   NXDOMAIN lives.  So a live NXDOMAIN is always newer than the RRsets it hides.
 
+* RFC 8020: a live NXDOMAIN also answers every name below it (the nearest
+  one above the name, not the root), unless the name itself has a negative
+  entry, or an RRset stored after that NXDOMAIN.
+
 Not handled: DNSSEC (RRSIG sets are stored keyed by type RRSIG like any other,
 so two replies for different types at one owner replace each other's
-signatures; the resolver never serves DO queries from here), RFC 8020
-(NXDOMAIN does not cover the names below), DNAME synthesis (the synthesized
+signatures; the resolver never serves DO queries from here), DNAME synthesis (the synthesized
 CNAME is cached, the DNAME is dropped), duplicate suppression (the upstream,
 a recursive resolver, already does it), replies to qtype ANY, AXFR, IXFR,
 MAILA and MAILB (not cached at all).
@@ -303,6 +306,9 @@ class RRsetCache:
         entry = self._live(index, key, now)
         if not isinstance(entry, CachedRRset) or entry.rank < min_rank:
             return None
+        denied = self._denied_above(name, cls, now)
+        if denied is not None and denied[2].stored_at > entry.stored_at:
+            return None  # RFC 8020: a newer NXDOMAIN above says the name is gone
         try:
             payloads = [wire_records.decode_rdata(type, entry.ttl, rdata) for rdata in entry.payloads]
         except ValueError:
@@ -320,7 +326,6 @@ class RRsetCache:
         """
         name = normalize_name(name)
         index = hash(name) & self._mask
-        entries = self._shards[index]
         now = self._reactor.seconds()
         key = (name, _NAME_LEVEL, cls)
         entry = self._live(index, key, now)
@@ -328,8 +333,11 @@ class RRsetCache:
             key = (name, type, cls)
             entry = self._live(index, key, now)
             if not isinstance(entry, CachedNegative):
-                return None
-        entries.get(key)  # counts the hit for the eviction policy
+                found = self._denied_above(name, cls, now)
+                if found is None:
+                    return None
+                index, key, entry = found
+        self._shards[index].get(key)  # counts the hit for the eviction policy
         remaining = entry.ttl - int(now - entry.stored_at)
         try:
             soa = wire_records.decode_rdata(dns.SOA, entry.ttl, entry.soa)
@@ -337,6 +345,23 @@ class RRsetCache:
             self._remove(index, key)
             return None
         return entry.rcode, dns.RRHeader(entry.soa_owner, dns.SOA, entry.cls, remaining, soa)
+
+    def _denied_above(self, name: bytes, cls: int, now: float):
+        """
+        The nearest live NXDOMAIN of a name above ``name`` (not the root), as
+        ``(index, key, entry)``, or None: RFC 8020, an NXDOMAIN means that
+        nothing exists below the name either.
+        """
+        dot = name.find(b".")
+        while dot >= 0:
+            ancestor = name[dot + 1:]
+            index = hash(ancestor) & self._mask
+            key = (ancestor, _NAME_LEVEL, cls)
+            entry = self._live(index, key, now)
+            if entry is not None:
+                return index, key, entry
+            dot = name.find(b".", dot + 1)
+        return None
 
     def count_lookup(self, hit: bool) -> None:
         """Count one query the reader answered from this cache (``hit``) or not."""

@@ -196,11 +196,12 @@ class SharedRRsetStore:
             fmt.rrset_key(self._prefix, name, type, cls),
             fmt.nodata_key(self._prefix, name, type, cls),
             fmt.nxdomain_key(self._prefix, name, cls),
+            fmt.rrset_key(self._prefix, name, dns.CNAME, cls),
         ]
-        if type != dns.CNAME:
-            keys.append(fmt.rrset_key(self._prefix, name, dns.CNAME, cls))
+        above = _ancestors(normalize_name(name))
+        keys.extend(fmt.nxdomain_key(self._prefix, ancestor, cls) for ancestor in above)
         d = self._read(lambda: self._backend.mget(keys))
-        d.addCallback(self._choose, keys, name, type, cls)
+        d.addCallback(self._choose, keys, name, type, cls, above)
         return d
 
     def get(self, name: bytes, type: int, cls: int = dns.IN) -> defer.Deferred:
@@ -290,21 +291,27 @@ class SharedRRsetStore:
         self._errors += 1
         return _FAILED
 
-    def _choose(self, values, keys: list[bytes], name: bytes, type: int, cls: int):
+    def _choose(self, values, keys: list[bytes], name: bytes, type: int, cls: int, above=()):
         if values is _FAILED or not isinstance(values, (list, tuple)) or len(values) != len(keys):
             if values is not _FAILED:
                 self._errors += 1
             self._misses += 1
             return None
         now = self.now()
-        expected = [(Kind.RRSET, type), (Kind.NODATA, dns.SOA), (Kind.NXDOMAIN, dns.SOA), (Kind.RRSET, dns.CNAME)]
+        expected = [(Kind.RRSET, type, name), (Kind.NODATA, dns.SOA, name), (Kind.NXDOMAIN, dns.SOA, name),
+                    (Kind.RRSET, dns.CNAME, name)]
+        expected += [(Kind.NXDOMAIN, dns.SOA, ancestor) for ancestor in above]
         live = []
-        for value, key, (kind, rtype) in zip(values, keys, expected):
-            entry = self._decoded(value, key, kind, name, rtype, cls)
+        for value, key, (kind, rtype, owner) in zip(values, keys, expected):
+            entry = self._decoded(value, key, kind, owner, rtype, cls)
             usable = entry is not None and entry.rank >= Rank.ANSWER and entry.live(now)
             live.append(entry if usable else None)
-        positive, nodata, nxdomain = live[:3]
-        cname = live[3] if len(live) > 3 else None
+        positive, nodata, nxdomain, cname = live[:4]
+        if type == dns.CNAME:
+            cname = None  # the CNAME is the positive answer itself
+        if nxdomain is None:
+            # RFC 8020: the nearest NXDOMAIN above the name denies it too.
+            nxdomain = next((e for e in live[4:] if e is not None), None)
         existing = [e.stored_at for e in (positive, nodata, cname) if e is not None]
         if nxdomain is not None and all(nxdomain.stored_at > t for t in existing):
             chosen = nxdomain
@@ -513,3 +520,13 @@ def _value_record(owner: bytes, type: int, cls: int, ttl: int, payload):
     if payload.__class__ is bytes:
         return fmt.ValueRecord(dotted_to_wire(owner), type, cls, payload)
     return dns.RRHeader(owner, type, cls, ttl, payload)
+
+
+def _ancestors(name: bytes) -> list[bytes]:
+    """The names above the key-form ``name``, nearest first, without the root (RFC 8020 lookups)."""
+    out = []
+    dot = name.find(b".")
+    while dot >= 0:
+        out.append(name[dot + 1:])
+        dot = name.find(b".", dot + 1)
+    return out

@@ -97,6 +97,17 @@ class CacheTests(unittest.TestCase):
         self.assertEqual(self.upstream("gone.example.test.", "TXT"), 0)
 
     @defer.inlineCallbacks
+    def test_nxdomain_covers_names_below(self):
+        """RFC 8020: after NXDOMAIN for gone., names below it get NXDOMAIN from L2 without the upstream; a sibling does not."""
+        yield ask(self.port, "gone.example.test", "A")
+        r = yield ask(self.port, "deep.under.gone.example.test", "AAAA")
+        self.assertEqual(r.rcode(), dns.rcode.NXDOMAIN)
+        self.assertEqual(r.authority[0].rdtype, dns.rdatatype.SOA)
+        self.assertEqual(self.upstream("deep.under.gone.example.test.", "AAAA"), 0)
+        yield ask(self.port, "other.example.test", "A")
+        self.assertEqual(self.upstream("other.example.test."), 1)
+
+    @defer.inlineCallbacks
     def test_nodata_cached_per_type(self):
         """NODATA is cached for its type only."""
         yield ask(self.port, "www.example.test", "MX")

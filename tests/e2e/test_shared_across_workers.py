@@ -89,6 +89,23 @@ class SharedServeStaleTests(unittest.TestCase):
         self.assertEqual(b.handler.counters["stale"], 1)
 
     @defer.inlineCallbacks
+    def test_nxdomain_in_redis_covers_names_below(self):
+        """
+        RFC 8020 across workers: worker A learns that gone.example.test does
+        not exist; worker B, which never asked, answers NXDOMAIN for a name
+        below it from Redis, without the upstream.
+        """
+        a = yield self.worker(3)
+        first = yield ask(port(a), "gone.example.test")
+        self.assertEqual(first.rcode(), dns.rcode.NXDOMAIN)
+        yield a.shared_store.idle()
+        b = yield self.worker(3)
+        reply = yield ask(port(b), "x.y.gone.example.test", "AAAA")
+        self.assertEqual(reply.rcode(), dns.rcode.NXDOMAIN, reply)
+        self.assertEqual(reply.authority[0].name.to_text(), "example.test.")
+        self.assertEqual(self.upstream.authority.queries[("x.y.gone.example.test.", "AAAA")], 0)
+
+    @defer.inlineCallbacks
     def test_multiplier_one_keeps_nothing_to_serve(self):
         """With ttl_multiplier 1 Redis drops the value at its TTL: worker B has nothing stale and answers SERVFAIL."""
         yield self.learn_then_kill(1)

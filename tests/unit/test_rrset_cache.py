@@ -224,6 +224,27 @@ class NegativeTests(SynchronousTestCase):
         clock.advance(800)
         self.assertIsNone(cache.get_negative(b"nope.example.com", dns.A))
 
+    def test_nxdomain_covers_names_below(self):
+        """
+        RFC 8020: an NXDOMAIN answers every name below it with the same SOA
+        and remaining TTL; not a sibling, not the parent; an RRset stored
+        below it before is hidden, one stored after is not.
+        """
+        cache, clock = make()
+        store(cache, b"old.gone.example.com", answers=[a(b"old.gone.example.com", "192.0.2.1")])
+        clock.advance(1)
+        store(cache, b"gone.example.com", rcode=dns.ENAME, authority=[soa(ttl=3600, minimum=900)])
+        clock.advance(100)
+        rcode, record = cache.get_negative(b"a.b.Gone.example.com", dns.AAAA)
+        self.assertEqual((rcode, record.name.name, record.ttl), (dns.ENAME, ZONE, 800))
+        self.assertIsNone(cache.get_negative(b"sibling.example.com", dns.A))
+        self.assertIsNone(cache.get_negative(b"example.com", dns.A))
+        self.assertIsNone(cache.get(b"old.gone.example.com", dns.A))
+        store(cache, b"new.gone.example.com", answers=[a(b"new.gone.example.com", "192.0.2.2")])
+        self.assertEqual(addresses(cache.get(b"new.gone.example.com", dns.A)), ["192.0.2.2"])
+        clock.advance(800)
+        self.assertIsNone(cache.get_negative(b"a.b.gone.example.com", dns.A))
+
     def test_nxdomain_at_chain_end(self):
         """
         NXDOMAIN after a CNAME is cached neither for the target (whose SOA

@@ -123,7 +123,7 @@ class StoreTests(StoreTestCase):
         self.assertEqual(ttls(result_of(self.store.get_stale(b"www.example.com", dns.A, max_stale=60))), [90])
 
     def test_one_round_trip(self):
-        """A lookup is one MGET of the RRset, NODATA, NXDOMAIN and CNAME keys of the name."""
+        """A lookup is one MGET of the RRset, NODATA, NXDOMAIN and CNAME keys of the name, and the NXDOMAIN keys above it."""
         self.worker.redis.calls.clear()
         result_of(self.store.lookup(b"www.example.com", dns.AAAA))
         self.assertEqual(len(self.worker.redis.calls), 1)
@@ -132,7 +132,20 @@ class StoreTests(StoreTestCase):
         self.assertEqual(keys, [
             b"dns:rr:{www.example.com}:28:1", b"dns:nd:{www.example.com}:28:1",
             b"dns:nx:{www.example.com}:1", b"dns:rr:{www.example.com}:5:1",
+            b"dns:nx:{example.com}:1", b"dns:nx:{com}:1",
         ])
+
+    def test_nxdomain_above_denies_below(self):
+        """RFC 8020: a worker's NXDOMAIN for a name answers another worker's lookup of a name below it, unless newer data is there."""
+        self.worker.reply(b"gone.example.com", rcode=dns.ENAME, authority=[soa()])
+        self.clock.advance(1)
+        found = result_of(self.store.get_negative(b"a.b.gone.example.com", dns.A))
+        self.assertEqual(found[0], dns.ENAME)
+        self.assertEqual(found[1].name.name, b"example.com")
+        self.assertIsNone(result_of(self.store.get_negative(b"other.example.com", dns.A)))
+        self.clock.advance(1)
+        self.worker.reply(b"new.gone.example.com", answers=[a(b"new.gone.example.com", "192.0.2.7")])
+        self.assertIsNotNone(result_of(self.store.get(b"new.gone.example.com", dns.A)))
 
     def test_key_prefix(self):
         """Keys carry the configured prefix."""

@@ -193,7 +193,7 @@ class Bench:
         """Send the Zipf trace once and count what reached NSD."""
         before = servers.nsd_queries(self.nsd_conf)
         result = self.perf(server, "zipf", self.workdir / "zipf.txt",
-                           self.load(passes=1, seconds=self.plan.zipf_limit))
+                           self.load(passes=1, seconds=self.args.zipf_limit or self.plan.zipf_limit))
         upstream = servers.nsd_queries(self.nsd_conf) - before
         if result.sent:
             server.results["zipf_hit_pct"] = (1 - upstream / result.sent) * 100
@@ -344,6 +344,8 @@ def parse_args(argv=None):
     parser.add_argument("--zipf-scan", type=int, default=0, metavar="N",
                         help="insert N one-hit wonders (existing names, each asked once) as one block "
                              "in the middle of the Zipf trace")
+    parser.add_argument("--zipf-limit", type=float, default=None, metavar="SECONDS",
+                        help="time limit of the one Zipf pass (default 120, or 30 with --quick)")
     parser.add_argument("--dnsgo-eviction", choices=("s3fifo", "lru"), default="s3fifo",
                         help="dnsgo's eviction policy for both caches (default s3fifo)")
     parser.add_argument("--cache-mb", default="64,128", metavar="MSG,RRSET",

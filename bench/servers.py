@@ -142,6 +142,8 @@ upstreams: ["{HOST}:{upstream_port}"]
 cache:
   message_cache: {{max_size_mb: {CACHE_MB[0]}, eviction: {DNSGO_EVICTION[0]}}}
   rrset_cache: {{max_size_mb: {CACHE_MB[1]}, eviction: {DNSGO_EVICTION[0]}}}
+api:
+  enabled: false
 """ + (f"upstream:\n{upstream}" if upstream else ""))
     return [venv_bin("twistd"), "-n", "--pidfile=", "dnsgo", "--config", str(conf)]
 

@@ -29,8 +29,10 @@ _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
 
 TCP_LIMIT = 65535
 
-#: How many distinct parsed queries the handler remembers (about 300 bytes each).
-_PARSED_LIMIT = 16384
+#: How many distinct parsed queries the handler remembers (about 450 bytes
+#: each with their key: 2 MiB at most).  Only queries that hit L1 are
+#: remembered, so a stream of misses (new names) does not churn it.
+_PARSED_LIMIT = 4096
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")
@@ -122,12 +124,12 @@ class QueryHandler:
             self._log_query(q, client, tcp)
         cache = self._cache
         if cache is not None:
-            parsed = self._parsed
-            if len(parsed) >= _PARSED_LIMIT:
-                parsed.clear()
-            parsed[data[2:]] = q
             hit = cache.lookup(q, data[:2])
             if hit is not None:
+                parsed = self._parsed
+                if len(parsed) >= _PARSED_LIMIT:
+                    parsed.clear()
+                parsed[data[2:]] = q
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
         d = self._miss(q, tcp)
         d.addCallback(self._counted, q.qtype, tcp, started)

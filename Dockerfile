@@ -20,10 +20,11 @@ RUN pip install --no-cache-dir /tmp/dnsgo-src \
  && cd / \
  && python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && twistd dnsgo --help > /dev/null \
- && useradd --system --no-create-home dnsgo
+ && useradd --system --no-create-home --uid 10001 dnsgo
 COPY tap ./tap
 COPY etc ./etc
 
+# uid 10001: what the operator's pods run as (runAsUser), docs/operator.md.
 USER dnsgo
 EXPOSE 53/udp 53/tcp 8080/tcp 9090/tcp
 ENTRYPOINT ["/opt/dnsgo/tap/entrypoint.sh"]

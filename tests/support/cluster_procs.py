@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import http.client as http_client
 import urllib.error
 import urllib.request
 
@@ -232,8 +233,12 @@ def http(port: int, method: str, path: str, *, token: str | None = TOKEN, body: 
 
 
 def http_or_none(port: int, method: str, path: str, **kw) -> defer.Deferred:
-    """Like :func:`http`, but fires with None while nothing answers on the port."""
-    return http(port, method, path, **kw).addErrback(lambda f: f.trap(OSError) and None)
+    """
+    Like :func:`http`, but fires with None while nothing answers on the port
+    (refused, or, before the server listens, a connection to a free
+    ephemeral port that met itself and got no HTTP back).
+    """
+    return http(port, method, path, **kw).addErrback(lambda f: f.trap(OSError, http_client.HTTPException) and None)
 
 
 # -- the management API and a control plane with its workers ---------------------

@@ -3,8 +3,11 @@ The upstream layer against loss and outages, end to end: real sockets on
 127.0.0.1, the dnspython authority of tests.support (lossy, or silent for a
 while) upstream, and dnspython clients.
 
-The dnsgo of tests.support.harness has ``upstream.timeout: 0.3s`` and
-``retries: 1``: a budget of 0.6 s per upstream query.
+The dnsgo here has ``upstream.timeout: 0.5s`` and ``retries: 1``: a
+budget of 1 s per upstream query.  The budgets leave room for a machine
+busy with other tests (these run beside whole clusters under ``trial
+-j2``): what they check is that no query fails and that the loss was
+ridden out by retransmission, which a budget of a few RTOs still shows.
 """
 import time
 
@@ -21,8 +24,8 @@ from tests.support.lossy_upstream import LossyAuthority
 
 #: The harness's upstream budget (timeout x (retries + 1)), and the slack a
 #: busy test machine needs on top of it (thread hand-offs, scheduling).
-BUDGET = 0.6
-SLACK = 0.4
+BUDGET = 1.0
+SLACK = 1.0
 
 
 def wire_name(text: str) -> bytes:
@@ -57,7 +60,7 @@ class LossyForwardingTests(unittest.TestCase):
         self.authority = LossyAuthority()
         server = AuthorityServer(self.authority).start()
         self.addCleanup(server.stop)
-        self.root = start_dnsgo(self, [server.address])
+        self.root = start_dnsgo(self, [server.address], upstream_timeout="0.5s")
         self.port = port(self.root)
 
     @defer.inlineCallbacks
@@ -147,7 +150,7 @@ class RecoveryTests(unittest.TestCase):
         """
         server = AuthorityServer().start()
         self.addCleanup(server.stop)
-        root = start_dnsgo(self, [server.address])
+        root = start_dnsgo(self, [server.address], upstream_timeout="0.5s")
         p = port(root)
         reply = yield ask(p, "www.example.test", "A")
         self.assertEqual(reply.rcode(), dns.rcode.NOERROR)

@@ -48,6 +48,9 @@ def free_port() -> int:
 
 _log = Logger(namespace="tests.support.cluster_procs")
 
+#: How much of a process's output goes to the test log when it ends (its end).
+LOGGED_TAIL = 16000
+
 #: The name every test asks for (in tests.support.authority's zone).
 WWW = ("www.example.test.", "A")
 
@@ -156,7 +159,10 @@ def stop_process(proc: TwistdProcess, graceful: float = 0.0):
     yield proc.ended
     if not proc.logged:
         proc.logged = True
-        _log.info("output of {name}:\n{text}", name=proc.name, text=proc.text)
+        text = proc.text
+        if len(text) > LOGGED_TAIL:  # trial -j2 carries a log event in one AMP value (64 KiB at most)
+            text = f"[{len(text) - LOGGED_TAIL} characters left out]\n" + text[-LOGGED_TAIL:]
+        _log.info("output of {name}:\n{text}", name=proc.name, text=text)
 
 
 def kill_pid(pid: int) -> None:

@@ -20,25 +20,27 @@ from dnsgo.config import parse_config
 from dnsgo.app.assemble import build_service
 
 
-def config_text(upstreams, extra: str = "", server_extra: str = "") -> str:
+def config_text(upstreams, extra: str = "", server_extra: str = "", upstream_timeout: str = "0.3s") -> str:
     """
-    A YAML configuration forwarding to ``upstreams`` on an OS-chosen port;
-    ``server_extra`` is added (indented) under ``server:``, ``extra`` at the end.
+    A YAML configuration forwarding to ``upstreams`` on an OS-chosen port
+    (``upstream.timeout`` ``upstream_timeout``, one retry); ``server_extra``
+    is added (indented) under ``server:``, ``extra`` at the end.
     """
     ups = "".join(f'  - "{host}:{port}"\n' for host, port in upstreams)
     return (
         "server:\n"
-        '  listen_address: "127.0.0.1:0"\n' + server_extra + "upstreams:\n" + ups + "upstream:\n  timeout: 0.3s\n  retries: 1\n" + extra
+        '  listen_address: "127.0.0.1:0"\n' + server_extra + "upstreams:\n" + ups
+        + f"upstream:\n  timeout: {upstream_timeout}\n  retries: 1\n" + extra
     )
 
 
-def start_dnsgo(testcase, upstreams, extra: str = "", environ=None, server_extra: str = ""):
+def start_dnsgo(testcase, upstreams, extra: str = "", environ=None, server_extra: str = "", upstream_timeout: str = "0.3s"):
     """
     Build and start dnsgo for ``upstreams`` (a list of (host, port)); stop it
     when the test ends.  Returns the root service; ``port(root)`` gives the
     bound port.
     """
-    config = parse_config(config_text(upstreams, extra, server_extra), "<test>", environ or {})
+    config = parse_config(config_text(upstreams, extra, server_extra, upstream_timeout), "<test>", environ or {})
     root = build_service(config)
     root.startService()
     testcase.addCleanup(root.stopService)

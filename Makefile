@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-DEBS   := redis-server redis-sentinel bind9-dnsutils chromium
+DEBS   := redis-server redis-sentinel bind9-dnsutils chromium iproute2
 BENCH_DEBS := nsd unbound dnsperf
 
 .PHONY: run test venv debs bench-debs bench check clean
@@ -24,7 +24,7 @@ $(STAMP): $(VENV)/bin/python setup.py setup.cfg
 
 venv: $(STAMP)
 
-# Installs the Debian packages the tests drive (redis-server, dig, chromium), when
+# Installs the Debian packages the tests drive (redis-server, dig, chromium, ip), when
 # missing and when run as root; otherwise the tests that need them are skipped.
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -58,7 +58,9 @@ class WorkerOptions(usage.Options):
         "section (listen address, worker_id, cluster_name); the cluster name defaults to $SITE_ID."
     )
     optParameters = [
-        ["control-plane", None, None, "host:port of the control plane (default: $CONTROL_PLANE_ADDRESS)."],
+        ["control-plane", None, None,
+         "host:port of the control plane, or of every control plane, comma-separated, with HA "
+         "(default: $CONTROL_PLANE_ADDRESS)."],
         ["config", "c", None, "Local YAML file for this worker's server section."],
         ["worker-id", None, None, "This worker's id (default: server.worker_id, $WORKER_ID, host-pid)."],
         ["cluster-name", None, None, "This worker's cluster/site name (default: server.cluster_name, $SITE_ID)."],

@@ -31,6 +31,7 @@ from dnsgo.api.static import Dashboard
 from dnsgo.api.metrics import ClusterMetrics
 from dnsgo.cache.dump import end_line, header_line
 from dnsgo.control.commands import describe
+from dnsgo.control.election import NotLeader
 from dnsgo.dns.types import RRSET
 from dnsgo.invalidation.flush import Flush
 
@@ -39,7 +40,9 @@ PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 #: The routes served without a token (probes carry none).  Every other route needs it.
 #: The dashboard's files carry no data (its script asks for the token).
-OPEN_PATHS = frozenset({"/api/health", "/api/ready", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"})
+OPEN_PATHS = frozenset({
+    "/api/health", "/api/ready", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css",
+})
 
 class WorkerView(Protocol):
     """What the API knows about one worker."""
@@ -178,7 +181,7 @@ class ManagementAPI:
 
     @app.handle_errors(Exception)
     def _error(self, request, failure):
-        if error_response(failure.value)[0] >= 500:
+        if error_response(failure.value)[0] >= 500 and not failure.check(NotLeader):
             self.log.failure(
                 "management API: {method} {path} failed", failure,
                 method=request.method.decode("ascii", "replace"), path=request.path.decode("ascii", "replace"),

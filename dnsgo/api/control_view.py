@@ -4,13 +4,19 @@ their heartbeat snapshots, clears sent over the control channel, and the
 shared cache read from Redis.
 """
 from twisted.internet import defer
+from twisted.logger import Logger
 
 from dnsgo.api.local_view import RootView
 from dnsgo.invalidation.flush import Flush, flush_shared
 
+#: The Redis key (after the key prefix) holding the newest HA term that wrote (docs/ha.md).
+TERM_KEY = b"cp:term"
+
 
 class ControlClusterView(RootView):
     """ClusterView over a :class:`dnsgo.app.roles.ControlRoot`."""
+
+    log = Logger(namespace="dnsgo.api")
 
     def ready(self) -> bool:
         control = self._root.control
@@ -19,8 +25,24 @@ class ControlClusterView(RootView):
     def workers(self) -> list:
         return self._root.registry.workers()
 
+    def ha(self) -> dict:
+        """The HA state (docs/ha.md): the election's status, or the default of a process without HA."""
+        election = self._root.control.election
+        return super().ha() if election is None else election.status()
+
+    def architecture(self) -> dict:
+        """The seed's ``architecture``; with HA also ``highAvailability`` (mode, role, term, leader, site, priority)."""
+        body = super().architecture()
+        election = self._root.control.election
+        if election is not None:
+            status = election.status()
+            body["highAvailability"] = {key: status[key] for key in ("mode", "role", "term", "leader", "site", "priority")}
+        return body
+
     def clear(self, target, worker_ids, flush: Flush) -> defer.Deferred:
+        """Clear caches; with HA only the active control plane does (NotLeader at once: HTTP 503)."""
         control = self._root.control
+        term = control.fenced().get("term")
         if target == "worker":
             d = control.clear_cache(list(worker_ids or []), flush)
         elif target == "all":
@@ -31,12 +53,33 @@ class ControlClusterView(RootView):
         def shared(results):
             if target == "worker":
                 return {"results": results, "sharedCleared": False}
-            s = flush_shared(self._root.shared_store, flush)
+            s = self._flush_shared(flush, term)
             s.addCallback(lambda cleared: {"results": results, "sharedCleared": cleared})
             return s
 
         d.addCallback(shared)
         return d
+
+    def _flush_shared(self, flush: Flush, term: int | None) -> defer.Deferred:
+        """
+        Clear the shared cache; with HA first raise ``cp:term`` in Redis to
+        this control plane's term (compare-and-set): a control plane whose
+        term is older than the one stored there flushes nothing.
+        """
+        root = self._root
+        if term is None or root.backend is None or root.shared_store is None:
+            return flush_shared(root.shared_store, flush)
+        key = root.config.cache.shared_cache.key_prefix.encode("utf-8") + TERM_KEY
+
+        def check(stored: int):
+            if stored != term:
+                self.log.warn("shared-cache flush refused: Redis holds term {stored}, this control plane's is {term}",
+                              stored=stored, term=term)
+                return False
+            return flush_shared(root.shared_store, flush)
+
+        d = root.backend.raise_term(key, term)
+        return d.addCallbacks(check, lambda _f: False)
 
     def entries(self, worker_ids, name: str, type: str | None) -> defer.Deferred:
         """Every worker's (or the listed workers') L1 and L2 for ``name``, asked over the control channel."""
@@ -50,9 +93,11 @@ class ControlClusterView(RootView):
         """
         Send the chunks of dump entry lines to the workers one chunk at a
         time; fires with each worker's summed counts (a worker that failed a
-        chunk is marked failed with its error).
+        chunk is marked failed with its error).  With HA only the active
+        control plane loads (NotLeader at once: HTTP 503).
         """
         control = self._root.control
+        control.fenced()
         targets = list(worker_ids) if worker_ids else None
 
         async def run():

@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from dnsgo.api import views
 from dnsgo.api.auth import Unauthorized
 from dnsgo.api.clear import RequestError, clip
+from dnsgo.control.election import NotLeader
 
 JSON_TYPE = b"application/json; charset=utf-8"
 
@@ -37,6 +38,8 @@ def error_response(error: BaseException) -> tuple[int, str, str, dict[bytes, byt
         return 400, "bad_request", clip(str(error), MAX_REASON), {}
     if isinstance(error, Unavailable):
         return 503, "unavailable", clip(str(error), MAX_REASON), {}
+    if isinstance(error, NotLeader):
+        return 503, "not_leader", clip(str(error), MAX_REASON), {}
     if isinstance(error, BodyTooLarge):
         return 413, "payload_too_large", str(error), {b"Connection": b"close"}
     if isinstance(error, Unauthorized):
@@ -62,6 +65,10 @@ def json_reply(request, status: int, body, headers: dict[bytes, bytes] | None = 
 
 
 def error_reply(request, error: BaseException) -> bytes:
-    """The JSON error reply to ``error`` (status and headers set on ``request``), as error_response maps it."""
+    """The JSON error reply to ``error`` (status and headers set on ``request``), as error_response maps it;
+    a standby's refusal also names the leader's API address (``leader``, null when there is none)."""
     status, code, reason, headers = error_response(error)
-    return json_reply(request, status, views.error_body(code, reason), headers)
+    body = views.error_body(code, reason)
+    if isinstance(error, NotLeader):
+        body["leader"] = error.leader or None
+    return json_reply(request, status, body, headers)

@@ -50,11 +50,13 @@ class ClusterSample:
 
     workers: tuple[WorkerSample, ...]
     shared: dict | None = None
+    ha: dict | None = None  # the view's ha() (docs/ha.md)
 
 
-def capture(workers, shared: dict | None = None) -> ClusterSample:
-    """Copy WorkerView-like objects and a shared-cache dict so later changes do not show."""
+def capture(workers, shared: dict | None = None, ha: dict | None = None) -> ClusterSample:
+    """Copy WorkerView-like objects, a shared-cache dict and the HA state so later changes do not show."""
     return ClusterSample(
+        ha=copy.deepcopy(ha),
         workers=tuple(
             WorkerSample(
                 worker_id=w.worker_id,
@@ -113,11 +115,24 @@ def cluster_families(sample: ClusterSample) -> list:
         by_status[w.status] = by_status.get(w.status, 0) + 1
     for status, n in by_status.items():
         f.add(GaugeMetricFamily, "dnsgo_workers", "Workers known, by health status.", ("status",), (status,), n)
+    if sample.ha is not None and sample.ha.get("mode") == "active_passive":
+        _ha_families(f, sample.ha)
     if sample.shared is not None:
         _shared_families(f, sample.shared)
     for w in sample.workers:
         _worker_families(f, w)
     return f.all()
+
+
+def _ha_families(f: _Families, ha: dict) -> None:
+    """This control plane's high availability (docs/ha.md)."""
+    me = (str(ha.get("node_id", "")),)
+    f.add(GaugeMetricFamily, "dnsgo_ha_term", "The newest HA term this control plane knows.", ("node",), me,
+          ha.get("term", 0))
+    f.add(GaugeMetricFamily, "dnsgo_ha_is_leader", "1 while this control plane is the active one (holds a lease).",
+          ("node",), me, 1 if ha.get("role") == "active" else 0)
+    f.add(CounterMetricFamily, "dnsgo_ha_elections", "Elections this control plane started (pre-votes that lost "
+          "are not counted).", ("node",), me, ha.get("elections", 0))
 
 
 def _shared_families(f: _Families, shared: dict) -> None:
@@ -292,7 +307,8 @@ class ClusterMetrics:
         except Exception:
             self.log.failure("metrics: the shared cache statistics are unavailable")
             shared = None
-        self.collector.pin(capture(self._view.workers(), shared))
+        ha = self._view.ha() if hasattr(self._view, "ha") else None
+        self.collector.pin(capture(self._view.workers(), shared, ha))
         return await threads.deferToThreadPool(
             self._reactor, self._reactor.getThreadPool(), generate_latest, self.registry
         )

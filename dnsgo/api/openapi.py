@@ -63,7 +63,8 @@ def _schemas() -> dict:
         "Architecture": _object({
             "description": _STRING, "l1Type": _STRING, "l2Type": _STRING, "replication": _STRING,
             "invalidation": _STRING, "features": {"type": "array", "items": _STRING},
-        }),
+            "highAvailability": _ref("HighAvailabilitySummary"),
+        }, required=["description", "l1Type", "l2Type", "replication", "invalidation", "features"]),
         "DistributedStats": _object({
             "mode": {"type": "string", "enum": ["standalone", "local-only", "hybrid"]},
             "workers": {"type": "array", "items": _ref("Worker")},
@@ -141,7 +142,24 @@ def _schemas() -> dict:
             "role": {"type": "string", "enum": ["single", "active", "standby", "candidate"]},
             "term": _INT, "leader": _nullable(_STRING), "site": _nullable(_STRING),
             "priority": _nullable({"type": "integer"}),
+            # With HA (docs/ha.md):
+            "node_id": _STRING, "leader_id": _nullable(_STRING), "lease_expires_in": _nullable(_NUMBER),
+            "peers": {"type": "array", "items": _STRING},
+            "quorum": _object({"granted": _INT, "required": _INT, "sites": {"type": "array", "items": _STRING},
+                               "sites_required": _INT, "met": {"type": "boolean"}}),
+            "voters": {"type": "array", "items": _object({
+                "worker_id": _STRING, "site": _STRING, "voter": {"type": "boolean"},
+                "last_ack": _nullable(_NUMBER), "last_heard": _nullable(_NUMBER), "term_seen": _nullable(_INT),
+            })},
+            "elections": _INT,
+        }, required=["mode", "role", "term", "leader", "site", "priority"]),
+        "HighAvailabilitySummary": _object({
+            "mode": {"type": "string", "enum": ["active_passive"]},
+            "role": {"type": "string", "enum": ["active", "standby", "candidate"]},
+            "term": _INT, "leader": _nullable(_STRING), "site": _STRING, "priority": {"type": "integer"},
         }),
+        "NotLeader": _object({"error": {"type": "string", "enum": ["not_leader"]}, "reason": _STRING,
+                              "leader": _nullable(_STRING)}),
     }
 
 
@@ -207,6 +225,8 @@ def openapi_document(version: str) -> dict:
                         "401": {"$ref": "#/components/responses/Unauthorized"},
                         "413": {"$ref": "#/components/responses/PayloadTooLarge"},
                         "500": {"$ref": "#/components/responses/InternalError"},
+                        "503": _json("A standby control plane (docs/ha.md): leader is where to ask.",
+                                     _ref("NotLeader")),
                     },
                 },
             },

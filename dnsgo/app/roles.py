@@ -21,12 +21,13 @@ from dnsgo.api.control_view import ControlClusterView
 from dnsgo.api.local_view import LocalClusterView
 from dnsgo.api.snapshot import worker_snapshot
 from dnsgo.app.assemble import BackendService, PartsRoot, build_service, build_shared, identity_for, shared_signer
+from dnsgo.app.ha import build_election, build_witness, control_addresses, ha_enabled
 from dnsgo.app.identity import default_worker_id
 from dnsgo.app.logs import install_observer
 from dnsgo.app.workers import WorkerSupervisor
 from dnsgo.cache.shared import SharedRRsetStore
-from dnsgo.config import ConfigError, LoggingConfig, api_token, parse_address, parse_config
-from dnsgo.control.client import ControlClient
+from dnsgo.config import ConfigError, LoggingConfig, api_token, parse_config
+from dnsgo.control.links import ControlLinks
 from dnsgo.control.registry import WorkerRegistry
 from dnsgo.control.server import ControlService
 from dnsgo.invalidation.flush import apply_locally
@@ -94,8 +95,12 @@ class ControlRoot(PartsRoot):
 
 
 def build_control(config, config_path, *, host=None, port=None, heartbeat_interval=None, reactor=None,
-                  with_api: bool = True) -> ControlRoot:
-    """``twistd dnsgo control``: the control channel, the API, and (hybrid) a Redis view of the shared cache."""
+                  with_api: bool = True, with_ha: bool = True) -> ControlRoot:
+    """
+    ``twistd dnsgo control``: the control channel, the API, (hybrid) a Redis
+    view of the shared cache, and (``high_availability``, unless not
+    ``with_ha``) the election among control planes (docs/ha.md).
+    """
     if reactor is None:
         from twisted.internet import reactor  # the root picks the reactor; nothing below does
     text = _config_text(config_path)
@@ -117,6 +122,12 @@ def build_control(config, config_path, *, host=None, port=None, heartbeat_interv
     if backend is not None:
         BackendService(backend).setServiceParent(root)
     control.setServiceParent(root)
+    if with_ha and ha_enabled(config):
+        try:
+            election = build_election(config, control, dict(os.environ), reactor=reactor)
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        election.setServiceParent(root)
     if with_api:
         view = ControlClusterView(root, reactor=reactor)
         api = api_service(config, view, reactor=reactor)
@@ -132,8 +143,9 @@ def build_supervisor(config, config_path, reactor=None):
     """
     if reactor is None:
         from twisted.internet import reactor  # the root picks the reactor; nothing below does
+    # The supervisor's own control plane is alone by design: no HA election.
     control = build_control(config, config_path, host="127.0.0.1", port=0, heartbeat_interval=1.0,
-                            reactor=reactor)
+                            reactor=reactor, with_ha=False)
     supervisor = WorkerSupervisor(config, config_path, control=control, reactor=reactor)
     return supervisor
 
@@ -233,7 +245,7 @@ def build_worker(control_address: str, local_config, *, worker_id=None, cluster_
         from twisted.internet import reactor  # the root picks the reactor; nothing below does
     environ = dict(os.environ if environ is None else environ)
     try:
-        control = parse_address(control_address, ip_only=False)
+        controls = control_addresses(control_address)
     except ValueError as e:
         raise StartupError(f"control plane address {control_address!r}: {e}") from None
     if local_config is not None:
@@ -250,9 +262,10 @@ def build_worker(control_address: str, local_config, *, worker_id=None, cluster_
     def stop():
         reactor.callLater(0, reactor.stop)
 
-    root.client = ControlClient(
-        control.host,
-        control.port,
+    # One link per control plane (several with HA), sharing one witness: docs/ha.md.
+    root.client = ControlLinks(
+        [(control.host, control.port) for control in controls],
+        witness=build_witness(local_config, worker_id, reactor=reactor),
         worker_id=worker_id,
         cluster_name=cluster_name,
         dns_address=dns_address,

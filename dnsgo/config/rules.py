@@ -79,6 +79,15 @@ def _conflicts(config: Config) -> Iterator[tuple[Problem, tuple[str, ...]]]:
         yield _conflict("cache.invalidation.strategy",
                         f"'pubsub' needs cache.mode 'hybrid' (mode is '{cache.mode}')",
                         "cache.mode")
+    ha = config.high_availability
+    if ha.renew_deadline >= ha.lease_duration:
+        yield _conflict("high_availability.renew_deadline",
+                        f"must be shorter than lease_duration ({ha.lease_duration:g}s); got {ha.renew_deadline:g}s",
+                        "high_availability.lease_duration")
+    if ha.retry_period >= ha.renew_deadline:
+        yield _conflict("high_availability.retry_period",
+                        f"must be shorter than renew_deadline ({ha.renew_deadline:g}s); got {ha.retry_period:g}s",
+                        "high_availability.renew_deadline")
     if config.api.auth_token and config.api.auth_token_file:
         yield _conflict("api.auth_token_file", "set either auth_token or auth_token_file, not both",
                         "api.auth_token")

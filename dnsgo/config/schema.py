@@ -287,6 +287,23 @@ class HAConfig:
     enabled: bool = _setting(_Boolean(), False, doc="run control planes as an HA group")
     mode: Literal["active_passive", "active_active"] = _setting(
         _Choice(("active_passive", "active_active")), "active_passive", doc="HA mode")
+    node_id: str = _setting(
+        _String(), "", doc="this control plane's name in votes and leases (default: site/host:port)")
+    peers: tuple[Address, ...] = _setting(
+        _ListOf(_AddressKind(), noun="address"), (),
+        doc="the other control planes' control addresses (shown in /api/ha)")
+    priority: int = _setting(
+        _Integer(0, 1000), 0, doc="the lower campaigns first when no leader is seen ($HA_PRIORITY wins)")
+    lease_duration: float = _setting(
+        _Duration(positive=True, maximum=3600.0), 15.0,
+        doc="how long a worker's promise to the leader lasts after its last acknowledged renewal")
+    renew_deadline: float = _setting(
+        _Duration(positive=True, maximum=3600.0), 10.0,
+        doc="the leader steps down without a quorum of renewals for this long")
+    retry_period: float = _setting(
+        _Duration(positive=True, maximum=3600.0), 2.0, doc="how often the leader renews and candidates retry")
+    state_dir: str = _setting(
+        _String(), "", doc="where a worker keeps its vote and lease promise ('' : in memory only)")
     quorum: QuorumConfig = _section(QuorumConfig, "quorum settings")
 
 

@@ -33,8 +33,11 @@ from dnsgo.control.commands import (
     InvalidRequest,
     LoadCache,
     NotRegistered,
+    PreVote,
     Register,
     ReloadConfig,
+    Renew,
+    RequestVote,
     Shutdown,
     call,
     describe,
@@ -67,12 +70,33 @@ class _WorkerProtocol(amp.AMP):
         super().connectionLost(reason)
 
     @ClearCache.responder
-    def clear_cache(self, flush, relayed=False):
+    def clear_cache(self, flush, relayed=False, term=None):
+        self._client._admit(term, "ClearCache")
         return self._client._clear(flush, bool(relayed))
 
     @ReloadConfig.responder
-    def reload_config(self, config):
+    def reload_config(self, config, term=None):
+        self._client._admit(term, "ReloadConfig")
         return self._client._reload(config)
+
+    @PreVote.responder
+    def pre_vote(self, term, candidate):
+        return self._client._witness_of("PreVote").pre_vote(term, candidate).to_amp()
+
+    @RequestVote.responder
+    def request_vote(self, term, candidate):
+        return self._client._witness_of("RequestVote").vote(term, candidate).to_amp()
+
+    @Renew.responder
+    def renew(self, term, leader, lease, leader_api, voters):
+        witness = self._client._witness_of("Renew")
+        try:
+            electorate = json.loads(voters)
+            listed = [(str(w), str(s)) for w, s in electorate["voters"]]
+            revision = int(electorate["rev"])
+        except (ValueError, TypeError, KeyError) as e:
+            raise InvalidRequest(f"voters must be a JSON object with rev and voters: {e}") from None
+        return witness.renew(term, leader, lease, listed, leader_api, revision).to_amp()
 
     @InspectCache.responder
     def inspect_cache(self, name, type):
@@ -87,7 +111,8 @@ class _WorkerProtocol(amp.AMP):
         return self._client._cache_tool("load", lines)
 
     @Shutdown.responder
-    def shutdown(self):
+    def shutdown(self, term=None):
+        self._client._admit(term, "Shutdown")
         return self._client._shutdown()
 
 
@@ -145,6 +170,13 @@ class ControlClient(service.Service):
       :class:`dnsgo.cache.dump.LoadResult`), for InspectCache, DumpCache
       and LoadCache; None while there is none.  A ValueError reaches the
       control plane as InvalidRequest.
+
+    With high availability (``docs/ha.md``), ``witness`` (a
+    :class:`~dnsgo.control.witness.Witness`, possibly shared by the clients
+    of several control planes) answers PreVote, RequestVote and Renew, its
+    report goes with Register and every Heartbeat, and it lets through only
+    the commands whose term is not stale.  ``node_id`` is then the control
+    plane's HA name, from its Register answer.
     """
 
     log = Logger(namespace="dnsgo.control")
@@ -167,6 +199,7 @@ class ControlClient(service.Service):
         cache_tools: Callable[[], Any] = lambda: None,
         heartbeat_interval_default: float = 5.0,
         command_timeout: float = COMMAND_TIMEOUT,
+        witness=None,
         reactor,
     ) -> None:
         self.control_address = f"{control_host}:{control_port}"
@@ -184,6 +217,9 @@ class ControlClient(service.Service):
         self._on_reload = on_reload
         self._on_shutdown = on_shutdown
         self._cache_tools = cache_tools
+        self._witness = witness
+        #: The control plane's HA name (from its Register answer; None without HA).
+        self.node_id: str | None = None
         self._default_interval = heartbeat_interval_default
         self._command_timeout = command_timeout
         self._reactor = reactor
@@ -235,7 +271,7 @@ class ControlClient(service.Service):
             return defer.fail(NotRegistered("not registered with the control plane"))
         return call(
             self._registered_on, Invalidate,
-            timeout=self._command_timeout * 2, reactor=self._reactor, flush=flush,
+            timeout=self._command_timeout * 2, reactor=self._reactor, flush=flush, **self._term(),
         )
 
     # -- the connection ----------------------------------------------------
@@ -255,7 +291,8 @@ class ControlClient(service.Service):
             self.log.warn("lost the control plane at {address}; reconnecting", address=self.control_address)
 
     def _register(self, proto: _WorkerProtocol) -> None:
-        d = call(proto, Register, timeout=self._command_timeout, reactor=self._reactor, **self._hello)
+        d = call(proto, Register, timeout=self._command_timeout, reactor=self._reactor, **self._hello,
+                 **self._report())
         d.addCallbacks(self._registered, self._register_failed, callbackArgs=(proto,), errbackArgs=(proto,))
 
     def _register_failed(self, failure, proto: _WorkerProtocol) -> None:
@@ -274,6 +311,7 @@ class ControlClient(service.Service):
             return
         self._register_failures = 0
         self._registered_on = proto
+        self.node_id = answer.get("node_id")
         self.log.info(
             "registered with the control plane at {address} as {worker_id}",
             address=self.control_address, worker_id=self.worker_id,
@@ -361,6 +399,31 @@ class ControlClient(service.Service):
         self._reactor.callLater(0, self._on_shutdown)
         return {}
 
+    # -- high availability (docs/ha.md) ------------------------------------
+
+    def _admit(self, term: int | None, command: str) -> None:
+        """Let a command through the witness's fence (StaleTerm if its term is stale); no witness, no fence."""
+        if self._witness is not None:
+            self._witness.admit(term, command)
+
+    def _witness_of(self, command: str):
+        """The witness that answers ``command``; InvalidRequest for a worker that is none."""
+        if self._witness is None:
+            raise InvalidRequest(f"{command}: this worker is no HA witness")
+        return self._witness
+
+    def _report(self) -> dict:
+        """The ``ha`` argument of Register and Heartbeat (none without a witness)."""
+        if self._witness is None:
+            return {}
+        return {"ha": json.dumps(self._witness.report(), separators=(",", ":"))}
+
+    def _term(self) -> dict:
+        """The ``term`` argument of Invalidate: the newest term seen (none before any)."""
+        if self._witness is None or self._witness.state.term == 0:
+            return {}
+        return {"term": self._witness.state.term}
+
     # -- heartbeats --------------------------------------------------------
 
     def _start_heartbeats(self, proto: _WorkerProtocol, interval: float) -> None:
@@ -386,7 +449,8 @@ class ControlClient(service.Service):
             self.log.failure("the stats snapshot failed; heartbeat skipped")
             return
         self._beating = True
-        d = call(proto, Heartbeat, timeout=self._command_timeout, reactor=self._reactor, snapshot=payload)
+        d = call(proto, Heartbeat, timeout=self._command_timeout, reactor=self._reactor, snapshot=payload,
+                 **self._report())
         d.addErrback(self._beat_failed, proto)
         d.addBoth(self._beat_done)
 

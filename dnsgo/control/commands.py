@@ -19,19 +19,24 @@ from dnsgo.invalidation.flush import Flush
 
 
 #: What a worker built from this module can do, sent with Register.
-CAPABILITIES = ("heartbeat", "clear-cache", "reload-config", "shutdown", "invalidate", "cache-tools")
+CAPABILITIES = ("heartbeat", "clear-cache", "reload-config", "shutdown", "invalidate", "cache-tools", "witness")
 
 
 class BigUnicode(amp.Argument):
     """
     A text argument of any length.  An AMP value holds at most 65,535 bytes,
     so the UTF-8 bytes are split over keys ``NAME.0``, ``NAME.1``, ... and
-    ``NAME`` holds how many there are.
+    ``NAME`` holds how many there are.  ``BigUnicode(optional=True)`` may be
+    left out (None).
     """
 
     def toBox(self, name, strings, objects, proto):
         """Write the text as its count of chunks and the chunks."""
-        data = objects.pop(_python_name(name)).encode("utf-8")
+        key = _python_name(name)
+        if self.optional and objects.get(key) is None:
+            objects.pop(key, None)
+            return
+        data = objects.pop(key).encode("utf-8")
         step = amp.MAX_VALUE_LENGTH
         chunks = [data[start:start + step] for start in range(0, len(data), step)] or [b""]
         strings[name] = str(len(chunks)).encode("ascii")
@@ -40,6 +45,9 @@ class BigUnicode(amp.Argument):
 
     def fromBox(self, name, strings, objects, proto):
         """Read the chunks back and join them into the text."""
+        if self.optional and name not in strings:
+            objects[_python_name(name)] = None
+            return
         count = int(strings.pop(name))
         chunks = [strings.pop(_chunk_key(name, index)) for index in range(count)]
         objects[_python_name(name)] = b"".join(chunks).decode("utf-8")
@@ -94,6 +102,18 @@ class HandlerFailed(Exception):
 _ERRORS = {InvalidRequest: b"INVALID", HandlerFailed: b"FAILED"}
 
 
+class StaleTerm(Exception):
+    """
+    High availability (``docs/ha.md``): the command's term is older than the
+    newest the receiver has seen, or it carries none once a term exists,
+    so the sender is not the leader (any more).
+    """
+
+
+#: The errors of a command that carries a control plane's term.
+_FENCED_ERRORS = {StaleTerm: b"STALE_TERM", **_ERRORS}
+
+
 # --------------------------------------------------------------------------
 # Worker -> control plane
 
@@ -111,18 +131,23 @@ class Register(amp.Command):
         (b"dns_address", amp.Unicode()),
         (b"version", amp.Unicode()),
         (b"capabilities", amp.ListOf(amp.Unicode())),
+        (b"ha", BigUnicode(optional=True)),  # the witness's report (JSON), docs/ha.md
     ]
     response = [
         (b"config", BigUnicode()),  # YAML text
         (b"heartbeat_interval", amp.Float()),  # seconds
+        (b"node_id", amp.Unicode(optional=True)),  # the control plane's HA name
     ]
     errors = _ERRORS
 
 
 class Heartbeat(amp.Command):
-    """A registered worker is alive; ``snapshot`` is its stats snapshot as JSON."""
+    """
+    A registered worker is alive; ``snapshot`` is its stats snapshot as
+    JSON, ``ha`` (optional) its witness's report as JSON (``docs/ha.md``).
+    """
 
-    arguments = [(b"snapshot", BigUnicode())]
+    arguments = [(b"snapshot", BigUnicode()), (b"ha", BigUnicode(optional=True))]
     response = []
     errors = {NotRegistered: b"NOT_REGISTERED", **_ERRORS}
 
@@ -131,15 +156,17 @@ class Invalidate(amp.Command):
     """
     A registered worker asks the control plane to relay a cache flush to
     every other worker (the ``broadcast`` invalidation strategy).  Answered
-    once all of them answered or timed out.
+    once all of them answered or timed out.  ``term`` (optional): the
+    newest term the worker has seen; a control plane that is not the
+    leader of at least that term refuses with STALE_TERM.
     """
 
-    arguments = [(b"flush", FlushArgument())]
+    arguments = [(b"flush", FlushArgument()), (b"term", amp.Integer(optional=True))]
     response = [
         (b"workers", amp.Integer()),  # workers the flush was sent to
         (b"failed", amp.Integer()),  # of which did not confirm it
     ]
-    errors = {NotRegistered: b"NOT_REGISTERED", **_ERRORS}
+    errors = {NotRegistered: b"NOT_REGISTERED", **_FENCED_ERRORS}
 
 
 # --------------------------------------------------------------------------
@@ -152,15 +179,21 @@ class ClearCache(amp.Command):
     flush is another worker's, relayed by the control plane for the
     ``broadcast`` strategy (the worker's invalidator receives it and counts
     it), false for a clear asked through the management API.  Answers how
-    many entries went and from which caches.
+    many entries went and from which caches.  ``term`` (optional): the
+    sending leader's term (``docs/ha.md``); refused with STALE_TERM when
+    the worker has seen a newer one.
     """
 
-    arguments = [(b"flush", FlushArgument()), (b"relayed", amp.Boolean(optional=True))]
+    arguments = [
+        (b"flush", FlushArgument()),
+        (b"relayed", amp.Boolean(optional=True)),
+        (b"term", amp.Integer(optional=True)),
+    ]
     response = [
         (b"cleared", amp.Integer()),
         (b"caches", amp.ListOf(amp.Unicode())),
     ]
-    errors = _ERRORS
+    errors = _FENCED_ERRORS
 
 
 class InspectCache(amp.Command):
@@ -200,18 +233,77 @@ class LoadCache(amp.Command):
 
 
 class ReloadConfig(amp.Command):
-    """Run with this configuration (YAML text) from now on; ``applied`` says whether it was."""
+    """
+    Run with this configuration (YAML text) from now on; ``applied`` says
+    whether it was.  ``term`` (optional) as in ClearCache.
+    """
 
-    arguments = [(b"config", BigUnicode())]
+    arguments = [(b"config", BigUnicode()), (b"term", amp.Integer(optional=True))]
     response = [(b"applied", amp.Boolean())]
-    errors = _ERRORS
+    errors = _FENCED_ERRORS
 
 
 class Shutdown(amp.Command):
-    """Stop the worker process; answered before the worker stops."""
+    """Stop the worker process; answered before the worker stops.  ``term`` (optional) as in ClearCache."""
 
-    arguments = []
+    arguments = [(b"term", amp.Integer(optional=True))]
     response = []
+    errors = _FENCED_ERRORS
+
+
+# --------------------------------------------------------------------------
+# Control plane -> worker: high availability (docs/ha.md)
+
+#: The answer of PreVote, RequestVote and Renew (dnsgo.control.witness.WitnessAnswer).
+WITNESS_ANSWER = [
+    (b"granted", amp.Boolean()),
+    (b"term", amp.Integer()),  # the worker's newest term, after the request
+    (b"holder", amp.Unicode()),  # the control plane it promised an unexpired lease to ('' none)
+    (b"remaining", amp.Float()),  # seconds that promise still runs
+    (b"reason", amp.Unicode()),  # why not, when not granted
+]
+
+
+class PreVote(amp.Command):
+    """
+    Would the worker vote for ``candidate`` in ``term``?  Asked before a
+    candidate raises its term, so that a candidate that cannot win does not
+    disturb the leader; changes nothing on the worker.
+    """
+
+    arguments = [(b"term", amp.Integer()), (b"candidate", amp.Unicode())]
+    response = WITNESS_ANSWER
+    errors = _ERRORS
+
+
+class RequestVote(amp.Command):
+    """
+    Vote for ``candidate`` in ``term``.  The worker saves its vote before it
+    answers; it votes once per term, and not while it has promised an
+    unexpired lease to another control plane.
+    """
+
+    arguments = [(b"term", amp.Integer()), (b"candidate", amp.Unicode())]
+    response = WITNESS_ANSWER
+    errors = _ERRORS
+
+
+class Renew(amp.Command):
+    """
+    The leader of ``term`` renews its lease: the worker promises not to vote
+    for another control plane for ``lease`` seconds from its answer (saved
+    before it answers).  ``leader_api`` is the leader's API address,
+    ``voters`` the JSON list of ``[worker id, site]`` of its electorate.
+    """
+
+    arguments = [
+        (b"term", amp.Integer()),
+        (b"leader", amp.Unicode()),
+        (b"lease", amp.Float()),
+        (b"leader_api", amp.Unicode()),
+        (b"voters", BigUnicode()),
+    ]
+    response = WITNESS_ANSWER
     errors = _ERRORS
 
 

@@ -27,9 +27,11 @@ from dnsgo.control.commands import (
     Register,
     ReloadConfig,
     Shutdown,
+    StaleTerm,
     call,
     describe,
 )
+from dnsgo.control.election import NotLeader
 from dnsgo.control.registry import WorkerRegistry, WorkerSession
 from dnsgo.invalidation.flush import Flush
 
@@ -77,9 +79,10 @@ class _ControlProtocol(amp.AMP):
 
     @Register.responder
     @defer.inlineCallbacks
-    def register(self, worker_id, cluster_name, dns_address, version, capabilities):
+    def register(self, worker_id, cluster_name, dns_address, version, capabilities, ha=None):
         """Answer the configuration and record the worker (in that order: a
-        worker whose configuration cannot be made is not registered)."""
+        worker whose configuration cannot be made is not registered); with
+        HA, learn from its witness's report (``ha``) and tell it our name."""
         if not worker_id.strip():
             raise InvalidRequest("worker_id must not be empty")
         who = Registration(
@@ -91,8 +94,11 @@ class _ControlProtocol(amp.AMP):
         except Exception as e:
             control.log.failure("no configuration for worker {worker_id}", worker_id=worker_id)
             raise InvalidRequest(f"no configuration for {worker_id}: {e}") from None
+        answer = {"config": text, "heartbeat_interval": control.heartbeat_interval}
+        if control.election is not None:
+            answer["node_id"] = control.election.settings.node_id
         if self not in control._connections:
-            return {"config": text, "heartbeat_interval": control.heartbeat_interval}
+            return answer
         if self.worker_id is not None and self.worker_id != worker_id:
             control.registry.disconnected(self.worker_id, self)
         self.worker_id = worker_id
@@ -105,7 +111,8 @@ class _ControlProtocol(amp.AMP):
             peer=who.peer,
             protocol=self,
         )
-        return {"config": text, "heartbeat_interval": control.heartbeat_interval}
+        control.observe(worker_id, ha)
+        return answer
 
     def _session(self) -> WorkerSession:
         """This connection's session; NotRegistered if it has none (any more)."""
@@ -118,8 +125,8 @@ class _ControlProtocol(amp.AMP):
         return session
 
     @Heartbeat.responder
-    def heartbeat(self, snapshot):
-        """Record the heartbeat and its snapshot."""
+    def heartbeat(self, snapshot, ha=None):
+        """Record the heartbeat and its snapshot (and, with HA, its witness's report)."""
         session = self._session()
         try:
             parsed = json.loads(snapshot)
@@ -128,13 +135,23 @@ class _ControlProtocol(amp.AMP):
         if not isinstance(parsed, dict):
             raise InvalidRequest("snapshot must be a JSON object")
         self._control.registry.heartbeat(session.worker_id, parsed)
+        self._control.observe(session.worker_id, ha)
         return {}
 
     @Invalidate.responder
-    def invalidate(self, flush):
-        """Relay a flush to every other worker; count how many confirmed it."""
+    def invalidate(self, flush, term=None):
+        """Relay a flush to every other worker; count how many confirmed it.  With HA
+        only the leader relays, and only if ``term`` (the worker's newest) is not newer."""
         session = self._session()
-        d = self._control.broadcast_flush(flush, exclude=session.worker_id)
+        control = self._control
+        if control.election is not None:
+            try:
+                own = control.election.fence()
+            except NotLeader as e:
+                raise StaleTerm(str(e)) from None
+            if term is not None and term > own:
+                raise StaleTerm(f"the worker follows term {term}, newer than this control plane's {own}")
+        d = control.broadcast_flush(flush, exclude=session.worker_id)
 
         def count(results):
             return {"workers": len(results), "failed": sum(1 for r in results if not r["success"])}
@@ -165,6 +182,12 @@ class ControlService(service.Service):
     wants now.  Workers heartbeat every ``heartbeat_interval`` seconds
     (default: a third of the registry's timeout).  Stopping the service
     closes every connection and empties ``registry``.
+
+    With high availability the composition root sets ``election`` (a
+    :class:`~dnsgo.control.election.Election`): the workers' witness
+    reports go to it, and every command to the workers carries its term,
+    or is not sent at all (:class:`~dnsgo.control.election.NotLeader`,
+    raised at once) while this control plane is not the active one.
     """
 
     log = Logger(namespace="dnsgo.control")
@@ -190,6 +213,8 @@ class ControlService(service.Service):
         self._reactor = reactor
         self._listener = None
         self._connections: set[_ControlProtocol] = set()
+        #: The HA election (None without high availability).
+        self.election = None
 
     def startService(self) -> None:
         """Listen for workers."""
@@ -209,6 +234,31 @@ class ControlService(service.Service):
         self.registry.close()
         return defer.gatherResults(waiting).addCallback(lambda _: None)
 
+    # -- high availability -------------------------------------------------
+
+    def observe(self, worker_id: str, report: str | None) -> None:
+        """A worker's witness report (JSON text, or None) for the election, if there is one."""
+        if self.election is None or not report:
+            return
+        try:
+            parsed = json.loads(report)
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            self.log.warn("worker {worker_id} sent a witness report that is not a JSON object", worker_id=worker_id)
+            return
+        self.election.observe(worker_id, parsed)
+
+    def fenced(self) -> dict:
+        """
+        The extra arguments of a command to the workers: ``{"term": T}`` with
+        HA, none without.  Raises NotLeader while this control plane may not
+        command (with HA, only the active one may).
+        """
+        if self.election is None:
+            return {}
+        return {"term": self.election.fence()}
+
     # -- operations for the management API ---------------------------------
 
     def clear_cache(self, worker_ids: list[str] | None, flush: Flush) -> defer.Deferred:
@@ -216,7 +266,8 @@ class ControlService(service.Service):
         Apply ``flush`` on the workers ``worker_ids`` (None: all of them),
         all at once.  Fires with one result per worker, in order:
         ``{workerId, success, cleared: [caches], count[, error]}``.
-        Raises KeyError naming the unknown ids.
+        Raises KeyError naming the unknown ids, NotLeader (HA) when this
+        control plane is not the active one.
         """
         return self._send_flush(self._targets(worker_ids), flush, relayed=False)
 
@@ -240,7 +291,8 @@ class ControlService(service.Service):
         def applied(answer):
             return {"success": answer["applied"], "applied": answer["applied"]}
 
-        return self._each(targets, ReloadConfig, {"config": config_text}, applied, {"applied": False})
+        arguments = {"config": config_text, **self.fenced()}
+        return self._each(targets, ReloadConfig, arguments, applied, {"applied": False})
 
     def shutdown(self, worker_id: str) -> defer.Deferred:
         """
@@ -253,7 +305,8 @@ class ControlService(service.Service):
             self.registry.remove(worker_id)
             return results[0]
 
-        return self._each(targets, Shutdown, {}, lambda answer: {"success": True}, {}).addCallback(forget)
+        arguments = self.fenced()
+        return self._each(targets, Shutdown, arguments, lambda answer: {"success": True}, {}).addCallback(forget)
 
     def inspect_cache(self, worker_ids: list[str] | None, name: str, type: str | None) -> defer.Deferred:
         """
@@ -305,7 +358,7 @@ class ControlService(service.Service):
         return [self.registry.session(worker_id) for worker_id in dict.fromkeys(worker_ids)]
 
     def _send_flush(self, targets, flush: Flush, *, relayed: bool) -> defer.Deferred:
-        arguments = {"flush": flush, "relayed": relayed}
+        arguments = {"flush": flush, "relayed": relayed, **self.fenced()}
 
         def cleared(answer):
             return {"success": True, "cleared": list(answer["caches"]), "count": answer["cleared"]}

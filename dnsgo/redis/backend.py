@@ -73,6 +73,10 @@ class RedisBackend(Protocol):
     def delete_matching(self, pattern: bytes) -> defer.Deferred:
         """SCAN MATCH pattern + DEL on every master; fires with the count."""
 
+    def raise_term(self, key: bytes, term: int) -> defer.Deferred:
+        """Store ``term`` at ``key`` unless a higher one is there, atomically; fires with the term stored after
+        (high availability's fence on the control plane's writes, docs/ha.md)."""
+
     def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
         """PUBLISH; fires with the receiver count."""
 

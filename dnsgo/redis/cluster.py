@@ -380,6 +380,12 @@ class ClusterRedis:
         slot = key_slot(channel)
         return self._guard.write(lambda: self._execute(slot, commands.publish(channel, message), read=False))
 
+    def raise_term(self, key: bytes, term: int) -> defer.Deferred:
+        """Store ``term`` at ``key`` unless a higher one is there (one EVAL on the key's master); the term after."""
+        slot = key_slot(key)
+        args = commands.raise_term(key, term)
+        return self._guard.write(lambda: self._execute(slot, args, read=False)).addCallback(int)
+
     def subscribe(self, channel: bytes, on_message: Callable[[bytes], None],
                   on_reconnect: Callable[[], None]) -> ResubscribingSubscriber:
         """Subscribe on one node; after a loss, resubscribe on the next live node."""

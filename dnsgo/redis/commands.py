@@ -47,6 +47,20 @@ def delete(keys) -> tuple:
     return (b"DEL", *keys)
 
 
+#: Raise the term stored at KEYS[1] to ARGV[1] unless it is higher; reply with the term stored after.
+RAISE_TERM_SCRIPT = (
+    b"local current = tonumber(redis.call('GET', KEYS[1]) or '0') "
+    b"local term = tonumber(ARGV[1]) "
+    b"if term > current then redis.call('SET', KEYS[1], ARGV[1]) return term end "
+    b"return current"
+)
+
+
+def raise_term(key: bytes, term: int) -> tuple:
+    """EVAL of :data:`RAISE_TERM_SCRIPT`: the compare-and-set of a control plane's HA term (docs/ha.md)."""
+    return (b"EVAL", RAISE_TERM_SCRIPT, 1, key, term)
+
+
 def scan(cursor, pattern: bytes) -> tuple:
     """SCAN cursor MATCH pattern COUNT :data:`SCAN_COUNT`."""
     return (b"SCAN", cursor, b"MATCH", pattern, b"COUNT", SCAN_COUNT)
@@ -141,6 +155,10 @@ class NodeCommands:
     def publish(self, channel: bytes, message: bytes) -> defer.Deferred:
         """PUBLISH; fires with the number of receivers."""
         return self._write(publish(channel, message))
+
+    def raise_term(self, key: bytes, term: int) -> defer.Deferred:
+        """Store ``term`` at ``key`` unless a higher one is there (atomically); fires with the term stored after."""
+        return self._write(raise_term(key, term)).addCallback(int)
 
     def time(self) -> defer.Deferred:
         """Fires with the server's clock (TIME) in seconds since the epoch."""

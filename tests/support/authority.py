@@ -142,23 +142,24 @@ class _TCP(Int16StringReceiver):
 
 
 class AuthorityServer:
-    """Runs an :class:`Authority` on 127.0.0.1 over UDP and TCP (same port)."""
+    """Runs an :class:`Authority` on ``host`` (default 127.0.0.1) over UDP and TCP (same port)."""
 
-    def __init__(self, authority: Authority | None = None, reactor=None) -> None:
+    def __init__(self, authority: Authority | None = None, reactor=None, host: str = "127.0.0.1") -> None:
         self.authority = authority or Authority()
         self._reactor = reactor or default_reactor
+        self.host = host
         self._ports = []
         self.port = None
 
     def start(self) -> "AuthorityServer":
         """Bind both transports; returns self."""
         for _ in range(20):
-            udp = self._reactor.listenUDP(0, _UDP(self.authority), interface="127.0.0.1")
+            udp = self._reactor.listenUDP(0, _UDP(self.authority), interface=self.host)
             port = udp.getHost().port
             factory = protocol.ServerFactory.forProtocol(_TCP)
             factory.authority = self.authority
             try:
-                tcp = self._reactor.listenTCP(port, factory, interface="127.0.0.1")
+                tcp = self._reactor.listenTCP(port, factory, interface=self.host)
             except Exception:
                 udp.stopListening()
                 continue
@@ -170,7 +171,7 @@ class AuthorityServer:
     @property
     def address(self) -> tuple[str, int]:
         """(host, port) to forward to."""
-        return ("127.0.0.1", self.port)
+        return (self.host, self.port)
 
     def stop(self):
         """Stop listening; returns a Deferred."""

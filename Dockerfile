@@ -25,7 +25,14 @@ COPY tap ./tap
 COPY etc ./etc
 
 # uid 10001: what the operator's pods run as (runAsUser), docs/operator.md.
+# Not root, so port 53 needs CAP_NET_BIND_SERVICE: `docker run --cap-add
+# NET_BIND_SERVICE` (or a sysctl net.ipv4.ip_unprivileged_port_start=53),
+# or listen on 5353 and map 53 to it, as the operator's pods do.
 USER dnsgo
 EXPOSE 53/udp 53/tcp 8080/tcp 9090/tcp
+# tap/healthcheck.py: the API's /api/health for a control plane, a DNS
+# reply on DNSGO_DNS_PORT (53) for a standalone server or a worker.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "/opt/dnsgo/tap/healthcheck.py"]
 ENTRYPOINT ["/opt/dnsgo/tap/entrypoint.sh"]
 CMD ["standalone"]

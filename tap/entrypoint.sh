@@ -8,6 +8,8 @@ set -eu
 
 role="${1:-${DNSGO_ROLE:-standalone}}"
 [ $# -gt 0 ] && shift
+# For tap/healthcheck.py, which the container runs apart from this process.
+echo "$role" > "${TMPDIR:-/tmp}/dnsgo-role" 2>/dev/null || true
 
 config="${DNSGO_CONFIG:-/etc/dns-go/config.yaml}"
 if [ -f "$config" ]; then

@@ -64,6 +64,41 @@ def _wheel_building_problem() -> str | None:
     return None
 
 
+def _install(testcase, tmp: str):
+    """
+    Copy the work tree to ``tmp/src`` and ``pip install`` it (plain, not
+    editable, no network) into a fresh venv ``tmp/venv`` that sees the
+    development venv's dependencies; returns (src, venv, python, its
+    site-packages, the environment to run it with).
+    """
+    os.makedirs(os.path.join(tmp, "tmp"))
+    env = _environ(os.path.join(tmp, "tmp"))
+
+    src = os.path.join(tmp, "src")
+    shutil.copytree(REPO, src, ignore=_NOT_COPIED, symlinks=True)
+
+    fresh = os.path.join(tmp, "venv")
+    venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(fresh)
+    python = os.path.join(fresh, "bin", "python")
+    site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip()
+    testcase.assertTrue(site.startswith(fresh + os.sep), site)
+    with open(os.path.join(site, "dev-venv.pth"), "w") as f:
+        f.write("".join(p + "\n" for p in _dev_site_packages()))
+
+    # pip, setuptools and wheel come from the dev venv through the .pth;
+    # --ignore-installed keeps pip from looking at (let alone
+    # uninstalling) the dev venv's editable dnsgo.
+    pip = _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+                "--no-cache-dir", "--ignore-installed", src], env, timeout=180)
+    testcase.assertEqual(pip.returncode, 0, pip.stdout + pip.stderr)
+    # The console script Twisted's own install would put in the venv.
+    twistd = os.path.join(fresh, "bin", "twistd")
+    with open(twistd, "w") as f:
+        f.write(f"#!{python}\nimport sys\nfrom twisted.scripts.twistd import run\nsys.exit(run())\n")
+    os.chmod(twistd, 0o755)
+    return src, fresh, python, site, env
+
+
 class PlainInstallTests(unittest.SynchronousTestCase):
     """``pip install .`` (non-editable) into a fresh venv, then ``twistd dnsgo`` from it."""
 
@@ -84,26 +119,7 @@ class PlainInstallTests(unittest.SynchronousTestCase):
         dnsgo's options, run from ``/``, away from the work tree.
         """
         tmp = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(tmp, "tmp"))
-        env = _environ(os.path.join(tmp, "tmp"))
-
-        src = os.path.join(tmp, "src")
-        shutil.copytree(REPO, src, ignore=_NOT_COPIED, symlinks=True)
-
-        fresh = os.path.join(tmp, "venv")
-        venv.EnvBuilder(with_pip=False, symlinks=os.name != "nt").create(fresh)
-        python = os.path.join(fresh, "bin", "python")
-        site = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], env).stdout.strip()
-        self.assertTrue(site.startswith(fresh + os.sep), site)
-        with open(os.path.join(site, "dev-venv.pth"), "w") as f:
-            f.write("".join(p + "\n" for p in _dev_site_packages()))
-
-        # pip, setuptools and wheel come from the dev venv through the .pth;
-        # --ignore-installed keeps pip from looking at (let alone
-        # uninstalling) the dev venv's editable dnsgo.
-        pip = _run([python, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-                    "--no-cache-dir", "--ignore-installed", src], env, timeout=180)
-        self.assertEqual(pip.returncode, 0, pip.stdout + pip.stderr)
+        src, fresh, python, site, env = _install(self, tmp)
 
         where = _run([python, "-c", "import dnsgo; print(dnsgo.__file__)"], env)
         self.assertEqual(where.returncode, 0, where.stderr)
@@ -129,12 +145,7 @@ class PlainInstallTests(unittest.SynchronousTestCase):
         self.assertFalse(os.path.exists(os.path.join(site, "twisted", "plugins", "dropin.cache")),
                          "a dropin.cache from the work tree was installed")
 
-        # The console script Twisted's own install would put in the venv.
         twistd = os.path.join(fresh, "bin", "twistd")
-        with open(twistd, "w") as f:
-            f.write(f"#!{python}\nimport sys\nfrom twisted.scripts.twistd import run\nsys.exit(run())\n")
-        os.chmod(twistd, 0o755)
-
         listed = _run([twistd, "--help"], env, timeout=60)
         self.assertEqual(listed.returncode, 0, listed.stdout + listed.stderr)
         self.assertRegex(listed.stdout, re.compile(r"^ +dnsgo +A caching DNS forwarder", re.M))
@@ -144,3 +155,138 @@ class PlainInstallTests(unittest.SynchronousTestCase):
         self.assertIn("Usage: twistd [options] dnsgo", helped.stdout)
         self.assertIn("--check-config", helped.stdout)
         self.assertIn("Serve DNS as a caching forwarder", helped.stdout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, what: str, timeout: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+
+
+def _get(port: int, path: str, token: str | None = None):
+    """(status, body) of GET http://127.0.0.1:port/path, or None when nothing answers."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=2) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        return e.code, None
+    except OSError:
+        return None
+
+
+class EntrypointTests(unittest.SynchronousTestCase):
+    """
+    ``tap/entrypoint.sh`` (the image's entrypoint) and ``tap/healthcheck.py``
+    (its HEALTHCHECK) run against a plain ``pip install .`` in a fresh venv,
+    as the image runs them: each role, from ``/``, with the venv's ``bin``
+    first on PATH and the configuration in DNSGO_CONFIG.
+    """
+
+    def setUp(self):
+        problem = _wheel_building_problem()
+        if problem:
+            self.fail(problem)
+        self.tmp = os.path.abspath(self.mktemp())
+        _, fresh, self.python, _, env = _install(self, self.tmp)
+        self.env = {**env, "PATH": os.path.join(fresh, "bin") + os.pathsep + env.get("PATH", "/usr/bin:/bin")}
+        self.entrypoint = os.path.join(REPO, "tap", "entrypoint.sh")
+        self.healthcheck = os.path.join(REPO, "tap", "healthcheck.py")
+        self.procs = []
+        self.addCleanup(self._stop_all)
+
+    def _stop_all(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    def config(self, name: str, text: str) -> str:
+        path = os.path.join(self.tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def start(self, role: str, config: str, **extra_env) -> subprocess.Popen:
+        log = open(os.path.join(self.tmp, f"{role}.log"), "w")
+        self.addCleanup(log.close)
+        proc = subprocess.Popen([self.entrypoint, role], env={**self.env, "DNSGO_CONFIG": config, **extra_env},
+                                cwd="/", stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def health(self, role: str, **extra_env) -> subprocess.CompletedProcess:
+        return _run([self.python, self.healthcheck, role], {**self.env, **extra_env}, timeout=30)
+
+    def test_check_role(self):
+        """``check`` exits 0 for a valid file, 1 with every problem and its path for a bad one."""
+        good = self.config("good.yaml", 'server:\n  listen_address: "127.0.0.1:5399"\n')
+        done = _run([self.entrypoint, "check"], {**self.env, "DNSGO_CONFIG": good})
+        self.assertEqual(done.returncode, 0, done.stdout + done.stderr)
+        bad = self.config("bad.yaml", "cache:\n  message_cache:\n    num_shards: 3\n")
+        done = _run([self.entrypoint, "check"], {**self.env, "DNSGO_CONFIG": bad})
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("cache.message_cache.num_shards", done.stdout + done.stderr)
+        self.assertNotIn("Traceback", done.stdout + done.stderr)
+        done = _run([self.entrypoint, "nonsense"], self.env)
+        self.assertEqual(done.returncode, 2)
+
+    def test_standalone_control_and_worker_roles(self):
+        """
+        ``standalone`` serves DNS (its health check passes, and fails on a
+        port nobody serves); ``control`` serves the API (health check on
+        it); a ``worker`` given CONTROL_PLANE_ADDRESS registers with that
+        control plane and serves DNS.
+        """
+        dns_port, api_port = _free_port(), _free_port()
+        standalone = self.config("standalone.yaml", (
+            f'server:\n  listen_address: "127.0.0.1:{dns_port}"\nupstreams: ["127.0.0.1:9"]\n'
+            f'api:\n  listen_address: "127.0.0.1:{api_port}"\n'))
+        proc = self.start("standalone", standalone)
+        _wait(lambda: self.health("standalone", DNSGO_DNS_PORT=str(dns_port)).returncode == 0 or proc.poll() is not None,
+              "the standalone server to answer DNS")
+        self.assertIsNone(proc.poll(), "standalone exited")
+        self.assertEqual(_get(api_port, "/api/health"), (200, {"status": "ok"}))
+        self.assertEqual(self.health("standalone", DNSGO_DNS_PORT=str(_free_port())).returncode, 1)
+
+        control_port, control_api, worker_dns = _free_port(), _free_port(), _free_port()
+        control = self.config("control.yaml", (
+            f'upstreams: ["127.0.0.1:9"]\ncontrol:\n  grpc_address: "127.0.0.1:{control_port}"\n'
+            f'api:\n  listen_address: "127.0.0.1:{control_api}"\n  auth_token: "entrypoint-test"\n'))
+        cp = self.start("control", control)
+        _wait(lambda: self.health("control", DNSGO_API_PORT=str(control_api)).returncode == 0 or cp.poll() is not None,
+              "the control plane's API")
+        self.assertIsNone(cp.poll(), "control exited")
+        worker = self.config("worker.yaml", f'server:\n  listen_address: "127.0.0.1:{worker_dns}"\n')
+        wp = self.start("worker", worker, CONTROL_PLANE_ADDRESS=f"127.0.0.1:{control_port}", WORKER_ID="entry-w1")
+
+        def registered():
+            answer = _get(control_api, "/api/workers", "entrypoint-test")
+            return answer is not None and any(w["workerId"] == "entry-w1" for w in answer[1]["workers"])
+
+        _wait(lambda: registered() or wp.poll() is not None, "the worker to register")
+        self.assertIsNone(wp.poll(), "worker exited")
+        _wait(lambda: self.health("worker", DNSGO_DNS_PORT=str(worker_dns)).returncode == 0, "the worker to answer DNS")

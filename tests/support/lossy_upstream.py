@@ -12,6 +12,12 @@ Over UDP, the n-th query to arrive (counting from 1, over every client) is
   so the client must ask again over TCP;
 * otherwise answered from the zone.
 
+With ``first_try=True`` the loss is per question instead: the first UDP
+query for each question (name and type) is dropped, every later one
+answered (truncated as above), so a client that retransmits once always
+gets through, however concurrent queries interleave; arrival order alone
+can drop both tries of one question when other queries come between them.
+
 TCP is never limited, as with RRL.  ``silent`` (inherited) still drops
 everything.  The counters say what happened, so a test can check that the
 loss it relies on really took place.
@@ -25,8 +31,10 @@ from tests.support.authority import Authority
 class LossyAuthority(Authority):
     """The test zone, losing and truncating UDP replies by arrival order (see the module docstring)."""
 
-    def __init__(self, zone=None, *, drop_every: int = 2, truncate_every: int = 4) -> None:
+    def __init__(self, zone=None, *, drop_every: int = 2, truncate_every: int = 4, first_try: bool = False) -> None:
         super().__init__(zone)
+        self.first_try = first_try
+        self._seen: set = set()
         if drop_every < 2 or truncate_every < 2:
             raise ValueError("drop_every and truncate_every must be at least 2")
         self.drop_every = drop_every
@@ -43,7 +51,17 @@ class LossyAuthority(Authority):
             return super().answer(data, limit)
         self.udp_queries += 1
         n = self.udp_queries
-        if n % self.drop_every == 0:
+        if self.first_try:
+            try:
+                q = dns.message.from_wire(data).question[0]
+                question = (q.name.to_text().lower(), q.rdtype)
+            except Exception:
+                question = data[2:]
+            drop = question not in self._seen
+            self._seen.add(question)
+        else:
+            drop = n % self.drop_every == 0
+        if drop:
             self.dropped += 1
             super().answer(data, limit)  # counted in queries like any other
             return None

@@ -86,6 +86,9 @@ class _QuietPort(udp.Port):
         self.maxThroughput = -1
         base.BasePort.connectionLost(self, reason)
         self.protocol.doStop()
+        # The protocol points back at this port: break the cycle now rather
+        # than leave one per exchange to the cyclic garbage collector.
+        self.protocol = None
         self.socket.close()
         del self.socket
         del self.fileno
@@ -143,18 +146,21 @@ class _FreshChannel(DatagramProtocol):
         self._port.write(data)
 
     def close(self) -> None:
-        """Close the socket (the exchange is over)."""
+        """Close the socket (the exchange is over) and let go of the exchange."""
         port, self._port = self._port, None
+        self._exchange = None  # the exchange points at this channel: no cycle left behind
         if port is not None:
             port.stopListening()
 
     def datagramReceived(self, datagram: bytes, addr) -> None:
-        """Pass a datagram on."""
-        self._exchange.udp_datagram(datagram, addr)
+        """Pass a datagram on (none once closed)."""
+        if self._exchange is not None:
+            self._exchange.udp_datagram(datagram, addr)
 
     def connectionRefused(self) -> None:
         """ICMP port unreachable for the connected server."""
-        self._exchange.refused()
+        if self._exchange is not None:
+            self._exchange.refused()
 
     def stopProtocol(self) -> None:
         """

@@ -595,9 +595,12 @@ class _Exchange:
                 return
         self._begin(_UDP)
         try:
+            query_id = self._channel.new_id()
+            while query_id == self._query_id:  # a retransmission never repeats the ID it replaces
+                query_id = self._channel.new_id()
             if self._query_id is not None:
                 self._retire(self._query_id)
-            self._query_id = self._channel.new_id()
+            self._query_id = query_id
             self._channel.send(self._query_id, self._new_query(self._query_id))
         except Exception:
             log.err(None, f"dnsgo: cannot send to upstream {self.server}")

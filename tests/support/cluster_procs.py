@@ -220,11 +220,11 @@ class Response:
 
 
 def http(port: int, method: str, path: str, *, token: str | None = TOKEN, body: bytes | None = None,
-         timeout: float = 5.0) -> defer.Deferred:
-    """``method path`` on 127.0.0.1:port (in a thread); fires with a :class:`Response` whatever its status."""
+         timeout: float = 5.0, host: str = "127.0.0.1") -> defer.Deferred:
+    """``method path`` on host:port (in a thread); fires with a :class:`Response` whatever its status."""
 
     def exchange() -> Response:
-        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+        request = urllib.request.Request(f"http://{host}:{port}{path}", data=body, method=method)
         if token is not None:
             request.add_header("Authorization", f"Bearer {token}")
         if body is not None:

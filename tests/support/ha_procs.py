@@ -11,8 +11,6 @@ from the test at its own address.  Processes are killed when the test ends
 """
 import json
 import os
-import urllib.error
-import urllib.request
 
 import attrs
 import dns.message
@@ -23,10 +21,10 @@ from twisted.internet import defer, reactor, task, threads
 from tests.support.cluster_procs import (
     TOKEN,
     TWISTD,
-    Response,
     TwistdProcess,
     clean_environ,
     free_port,
+    http,
     stop_process,
     wait_until,
     write_file,
@@ -68,21 +66,7 @@ def spawn_on(testcase, host: Host, name: str, args: list[str], env: dict) -> Twi
 def http_at(host: str, port: int, method: str, path: str, *, body: bytes | None = None,
             timeout: float = 3.0) -> defer.Deferred:
     """``method path`` on host:port with the token (in a thread); fires with a Response, or None if nothing answers."""
-
-    def exchange():
-        request = urllib.request.Request(f"http://{host}:{port}{path}", data=body, method=method)
-        request.add_header("Authorization", f"Bearer {TOKEN}")
-        if body is not None:
-            request.add_header("Content-Type", "application/json")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:
-                return Response(answer.status, {k.lower(): v for k, v in answer.headers.items()}, answer.read())
-        except urllib.error.HTTPError as e:
-            return Response(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read())
-        except OSError:
-            return None
-
-    return threads.deferToThread(exchange)
+    return http(port, method, path, body=body, timeout=timeout, host=host).addErrback(lambda f: f.trap(OSError) and None)
 
 
 def ask_at(host: str, port: int, name: str = "www.example.test.", qtype: str = "A",

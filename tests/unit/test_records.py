@@ -46,14 +46,20 @@ def render(qname, answer, authority, additional, edns: bool) -> bytes:
 
 
 def twisted_records(msg: bytes):
-    """(owner dotted, type, class, TTL, payload) of every record but OPT, as twisted.names decodes them."""
+    """
+    (owner dotted, type, class, TTL, payload) of every record but OPT, as
+    twisted.names decodes them, but a TTL with the top bit set read as 0
+    (RFC 2181 §8), as read_reply reads it on purpose.
+    """
     m = tdns.Message()
     m.fromStr(msg)
     out = []
     for section in (m.answers, m.authority, m.additional):
         for rr in section:
             if rr.type != tdns.OPT:
-                out.append((rr.name.name, rr.type, rr.cls, rr.ttl, rr.payload))
+                ttl = 0 if rr.ttl >= 2**31 else rr.ttl
+                rr.payload.ttl = ttl
+                out.append((rr.name.name, rr.type, rr.cls, ttl, rr.payload))
     return out
 
 

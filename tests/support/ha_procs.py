@@ -133,6 +133,9 @@ class HACluster:
         self.workers: dict[str, WorkerNode] = {}
         #: More control-plane addresses the workers are given (after the cluster's own).
         self.extra_addresses: list[str] = []
+        #: (worker id, control plane name) -> the address that worker is given for it instead of
+        #: the control plane's own (a tests.support.tcp_partition proxy, to cut them apart).
+        self.routes: dict[tuple[str, str], str] = {}
         loopback = all(cp.netns is None and all(w.netns is None for w in ws) for cp, ws in sites.values())
 
         def port(fixed: int) -> int:
@@ -186,7 +189,8 @@ class HACluster:
             f'  cluster_name: "{worker.site}"\n'
             f'high_availability:\n  state_dir: "{worker.state_dir}"\n{self._timings_yaml()}',
         )
-        addresses = ",".join([node.control_address for node in self.controls] + self.extra_addresses)
+        addresses = ",".join([self.routes.get((worker.worker_id, node.name), node.control_address)
+                              for node in self.controls] + self.extra_addresses)
         worker.proc = spawn_on(self.testcase, worker.host, worker.worker_id,
                                ["dnsgo", "worker", "--control-plane", addresses,
                                 "--worker-id", worker.worker_id, "--config", local],

@@ -6,16 +6,20 @@ the other one's ``/api/ha`` says ``active`` is measured (the API is polled
 every 0.1 s); then the killed one is started again and the next round
 waits until it follows the new leader.  Meanwhile every control plane is
 polled every 0.1 s for moments with two active ones, and every worker is
-asked a name every 0.2 s (answers, SERVFAILs and timeouts are counted).
+asked a name every 0.2 s (answers, SERVFAILs and timeouts are counted) and
+gets a steady dnsperf load (``--dnsperf-rate`` q/s each, 50 by default)
+whose SERVFAILs and lost queries are counted too.
 
-    .venv/bin/python bench/ha_failover.py [--rounds 10] [--lease 3 --renew 2 --retry 0.5]
+    .venv/bin/python bench/ha_failover.py [--rounds 10] [--lease 3 --renew 2 --retry 0.5] [--dnsperf-rate 50]
 
 Prints one line per round and a summary (median and max failover).
 """
 import argparse
 import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dnsperf  # noqa: E402  (bench/dnsperf.py: parsing its statistics)
 from tests.support.authority import AuthorityServer  # noqa: E402
 from tests.support.cluster_procs import wait_until  # noqa: E402
 from tests.support.ha_procs import DnsProbe, HACluster, Host  # noqa: E402
@@ -52,6 +58,48 @@ class Run:
             except Exception as e:  # a cleanup that fails must not stop the others
                 print(f"cleanup failed: {e}", file=sys.stderr)
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class SteadyLoad:
+    """
+    One dnsperf per worker at a fixed rate for the whole run (``-Q``), over
+    names of the test zone; stopped with SIGINT at the end, when dnsperf
+    prints its statistics (completed, lost, rcodes).
+    """
+
+    def __init__(self, workers, rate: int, directory: str) -> None:
+        self.outputs = []
+        self.procs = []
+        queries = os.path.join(directory, "queries.txt")
+        with open(queries, "w") as f:
+            f.write("www.example.test A\nmx.example.test MX\nmail.example.test A\nwww.example.test AAAA\n")
+        for worker in workers:
+            out = os.path.join(directory, f"dnsperf-{worker.worker_id}.txt")
+            handle = open(out, "w")
+            self.outputs.append((out, handle))
+            self.procs.append(subprocess.Popen(
+                ["dnsperf", "-s", "127.0.0.1", "-p", str(worker.dns_port), "-d", queries, "-Q", str(rate),
+                 "-l", "100000", "-t", "2", "-c", "1"], stdout=handle, stderr=subprocess.STDOUT))
+
+    def stop(self) -> dnsperf.Result:
+        """Stop every dnsperf; their statistics added up."""
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        total = {"sent": 0, "completed": 0, "lost": 0, "servfail": 0}
+        for out, handle in self.outputs:
+            handle.close()
+            with open(out) as f:
+                result = dnsperf.parse(f.read())
+            total["sent"] += result.sent
+            total["completed"] += result.completed
+            total["lost"] += result.lost
+            total["servfail"] += result.rcodes.get("SERVFAIL", 0)
+        return total
 
 
 class OverlapWatch:
@@ -101,6 +149,7 @@ def measure(reactor, options):
     try:
         yield cluster.start()
         probe = DnsProbe(cluster.workers.values()).start()
+        load = SteadyLoad(cluster.workers.values(), options.dnsperf_rate, run.directory) if options.dnsperf_rate else None
         active, status = yield cluster.wait_for_one_active(timeout=lease + 60)
         watch = OverlapWatch(cluster).start()
         times = []
@@ -127,6 +176,7 @@ def measure(reactor, options):
             active, status = new, body
         watch.stop()
         yield probe.stop()
+        steady = load.stop() if load is not None else None
         print(f"\nlease {options.lease:g}s, renew deadline {options.renew:g}s, retry {options.retry:g}s, "
               f"{2 * options.workers} workers, {options.rounds} rounds")
         print(f"failover: median {statistics.median(times):.2f}s, max {max(times):.2f}s, "
@@ -134,6 +184,9 @@ def measure(reactor, options):
         print(f"polls with two active control planes: {watch.overlaps} of {watch.polls}")
         print(f"DNS: {probe.answered} answered, {probe.failed} SERVFAIL (or other rcode), "
               f"{probe.timeouts} timeouts")
+        if steady is not None:
+            print(f"dnsperf, {options.dnsperf_rate} q/s per worker: {steady['sent']} sent, "
+                  f"{steady['completed']} completed, {steady['servfail']} SERVFAIL, {steady['lost']} lost (timeouts)")
     finally:
         yield run.clean()
 
@@ -145,6 +198,8 @@ def main() -> None:
     parser.add_argument("--lease", type=float, default=3.0)
     parser.add_argument("--renew", type=float, default=2.0)
     parser.add_argument("--retry", type=float, default=0.5)
+    parser.add_argument("--dnsperf-rate", type=int, default=50,
+                        help="dnsperf -Q against every worker throughout (0: none; default 50)")
     task.react(measure, [parser.parse_args()])
 
 

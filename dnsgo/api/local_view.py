@@ -9,6 +9,7 @@ from twisted.internet import defer
 
 from dnsgo.api.shared_status import shared_cache_status
 from dnsgo.api.snapshot import worker_snapshot
+from dnsgo.api.views import WorkerRecord
 from dnsgo.cache.inspect import shared_entries
 from dnsgo.dns.types import RRSET, parse_qtype
 from dnsgo.invalidation.flush import Flush, apply_locally, flush_shared
@@ -51,18 +52,6 @@ def architecture(config) -> dict:
     }
 
 
-@attrs.frozen
-class LocalWorker:
-    """This process, as a worker of its own cluster view."""
-
-    worker_id: str
-    cluster_name: str
-    address: str
-    status: str
-    last_heartbeat: float | None
-    snapshot: dict | None
-
-
 class RootView:
     """
     What the views of a process root share: the mode and architecture its
@@ -103,7 +92,7 @@ class LocalClusterView(RootView):
     def workers(self) -> list:
         ident = self._root.identity
         return [
-            LocalWorker(
+            WorkerRecord(
                 worker_id=ident.worker_id,
                 cluster_name=ident.cluster_name,
                 address=ident.address,

@@ -20,6 +20,8 @@ from prometheus_client.utils import floatToGoString
 from twisted.internet import threads
 from twisted.logger import Logger
 
+from dnsgo.api.views import WorkerRecord
+
 #: Redis circuit-breaker states as gauge values.
 BREAKER_STATES = {"closed": 0, "half-open": 1, "half_open": 1, "open": 2}
 
@@ -33,22 +35,10 @@ _MISSES_DOC = "Cache lookups that found nothing."
 
 
 @attrs.frozen
-class WorkerSample:
-    """One worker as seen at scrape time: identity, liveness, a private copy of its snapshot."""
-
-    worker_id: str
-    cluster_name: str
-    address: str
-    status: str
-    last_heartbeat: float | None
-    snapshot: dict | None
-
-
-@attrs.frozen
 class ClusterSample:
     """Everything one scrape reports, copied in the reactor thread."""
 
-    workers: tuple[WorkerSample, ...]
+    workers: tuple[WorkerRecord, ...]
     shared: dict | None = None
     ha: dict | None = None  # the view's ha() (docs/ha.md)
 
@@ -58,7 +48,7 @@ def capture(workers, shared: dict | None = None, ha: dict | None = None) -> Clus
     return ClusterSample(
         ha=copy.deepcopy(ha),
         workers=tuple(
-            WorkerSample(
+            WorkerRecord(
                 worker_id=w.worker_id,
                 cluster_name=w.cluster_name,
                 address=w.address,
@@ -146,7 +136,7 @@ def _shared_families(f: _Families, shared: dict) -> None:
               labels, values, stats["size_bytes"])
 
 
-def _worker_families(f: _Families, w: WorkerSample) -> None:
+def _worker_families(f: _Families, w: WorkerRecord) -> None:
     me = (w.worker_id,)
     f.add(GaugeMetricFamily, "dnsgo_worker_healthy", "1 when the worker is healthy.",
           ("worker",), me, 1 if w.status == "healthy" else 0)

@@ -19,6 +19,8 @@ null ``lastUpdated``.
 """
 import datetime
 
+import attrs
+
 from dnsgo.cache.stats import hit_rate
 
 #: The cache statistics the seed shows per worker, in its order.
@@ -27,6 +29,21 @@ CACHE_FIELDS = ("hits", "misses", "evicts", "hit_rate", "size_bytes", "max_size_
 #: The shared-cache statistics the seed shows.
 SHARED_STATS_FIELDS = ("hits", "misses", "hit_rate", "size_bytes")
 
+
+
+@attrs.frozen
+class WorkerRecord:
+    """
+    One worker as the API reports it (a WorkerView value): identity,
+    liveness and its last stats snapshot (None before the first report).
+    """
+
+    worker_id: str
+    cluster_name: str
+    address: str
+    status: str
+    last_heartbeat: float | None
+    snapshot: dict | None
 
 def iso8601(value) -> str | None:
     """An epoch time as ``2024-01-15T10:30:00Z`` (UTC, whole seconds); strings and None pass through."""

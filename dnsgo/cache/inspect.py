@@ -44,10 +44,9 @@ def l1_entries(cache: MessageCache | None, name: bytes, qtype: int | None) -> tu
         remaining = max(0, item.remaining)
         try:
             read = wire_records.read_reply(item.reply)
-            records = [
-                present_record(r.owner, r.ttl, r.cls, r.type, r.rdata)
-                for r in read.records if r.section == wire_records.ANSWER or not _answers(read)
-            ]
+            # The answer section; a negative reply's authority section (its SOA) when it has none.
+            shown = [r for r in read.records if r.section == wire_records.ANSWER] or read.records
+            records = [present_record(r.owner, r.ttl, r.cls, r.type, r.rdata) for r in shown]
             rcode = _RCODES.get(read.rcode, str(read.rcode))
         except ValueError:
             records, rcode = [], "unreadable"
@@ -125,7 +124,3 @@ def shared_entries(store: SharedRRsetStore | None, name: bytes, qtype: int | Non
         return {"reachable": True, "entries": entries}
 
     return d.addCallback(shown)
-
-
-def _answers(read) -> bool:
-    return any(r.section == wire_records.ANSWER for r in read.records)

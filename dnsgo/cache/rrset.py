@@ -352,15 +352,12 @@ class RRsetCache:
         ``(index, key, entry)``, or None: RFC 8020, an NXDOMAIN means that
         nothing exists below the name either.
         """
-        dot = name.find(b".")
-        while dot >= 0:
-            ancestor = name[dot + 1:]
+        for ancestor in ancestors(name):
             index = hash(ancestor) & self._mask
             key = (ancestor, _NAME_LEVEL, cls)
             entry = self._live(index, key, now)
             if entry is not None:
                 return index, key, entry
-            dot = name.find(b".", dot + 1)
         return None
 
     def count_lookup(self, hit: bool) -> None:
@@ -709,6 +706,16 @@ def _name_matches(key_name: bytes, name: bytes, subtree: bool) -> bool:
 def at_or_below(name: bytes, ancestor: bytes) -> bool:
     """Whether the key-form ``name`` is ``ancestor`` or below it, at label boundaries (everything is below the root, ``b""``)."""
     return not ancestor or name == ancestor or name.endswith(b"." + ancestor)
+
+
+def ancestors(name: bytes) -> list[bytes]:
+    """The names above the key-form ``name``, nearest first, without the root (RFC 8020 lookups)."""
+    out = []
+    dot = name.find(b".")
+    while dot >= 0:
+        out.append(name[dot + 1:])
+        dot = name.find(b".", dot + 1)
+    return out
 
 
 def normalize_name(name: bytes) -> bytes:

@@ -58,7 +58,7 @@ from twisted.names import dns
 from twisted.python.failure import Failure
 
 from dnsgo.cache import shared_format as fmt
-from dnsgo.cache.rrset import LearnedRRset, Rank, at_or_below, learn_from_reply, normalize_name
+from dnsgo.cache.rrset import LearnedRRset, Rank, ancestors, at_or_below, learn_from_reply, normalize_name
 from dnsgo.cache.shared_format import Entry, Kind
 from dnsgo.cache.signing import Signer
 from dnsgo.dns.names import dotted_to_wire
@@ -198,7 +198,7 @@ class SharedRRsetStore:
             fmt.nxdomain_key(self._prefix, name, cls),
             fmt.rrset_key(self._prefix, name, dns.CNAME, cls),
         ]
-        above = _ancestors(normalize_name(name))
+        above = ancestors(normalize_name(name))
         keys.extend(fmt.nxdomain_key(self._prefix, ancestor, cls) for ancestor in above)
         d = self._read(lambda: self._backend.mget(keys))
         d.addCallback(self._choose, keys, name, type, cls, above)
@@ -520,13 +520,3 @@ def _value_record(owner: bytes, type: int, cls: int, ttl: int, payload):
     if payload.__class__ is bytes:
         return fmt.ValueRecord(dotted_to_wire(owner), type, cls, payload)
     return dns.RRHeader(owner, type, cls, ttl, payload)
-
-
-def _ancestors(name: bytes) -> list[bytes]:
-    """The names above the key-form ``name``, nearest first, without the root (RFC 8020 lookups)."""
-    out = []
-    dot = name.find(b".")
-    while dot >= 0:
-        out.append(name[dot + 1:])
-        dot = name.find(b".", dot + 1)
-    return out

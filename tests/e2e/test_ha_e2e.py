@@ -75,6 +75,20 @@ class HATestCase(unittest.TestCase):
         self.assertEqual((probe.failed, probe.timeouts), (0, 0), probe)
 
     @defer.inlineCallbacks
+    def watch(self, cluster: HACluster, seconds: float, check):
+        """For ``seconds``, every 0.2 s: ``check(states)`` on every control plane's /api/ha."""
+        deadline = reactor.seconds() + seconds
+        while reactor.seconds() < deadline:
+            states = yield cluster.states()
+            check(states)
+            yield task.deferLater(reactor, 0.2, lambda: None)
+
+    @staticmethod
+    def actives(states: dict) -> list[str]:
+        """The names of the control planes whose /api/ha body (in ``states``) says active."""
+        return sorted(name for name, body in states.items() if body and body["role"] == "active")
+
+    @defer.inlineCallbacks
     def watch_one_leader(self, cluster: HACluster, seconds: float, expected: str):
         """For ``seconds``, poll every control plane: never more than one active, and always ``expected``."""
         deadline = reactor.seconds() + seconds

@@ -37,19 +37,6 @@ class NetnsTestCase(HATestCase):
             site: (hosts[names[0]], [hosts[n] for n in names[1:]]) for site, names in SITES.items()
         })
 
-    @defer.inlineCallbacks
-    def watch(self, cluster: HACluster, seconds: float, check):
-        """For ``seconds``, every 0.2 s: ``check(states)`` on every control plane's /api/ha."""
-        deadline = reactor.seconds() + seconds
-        while reactor.seconds() < deadline:
-            states = yield cluster.states()
-            check(states)
-            yield task.deferLater(reactor, 0.2, lambda: None)
-
-    @staticmethod
-    def actives(states: dict) -> list[str]:
-        return sorted(name for name, body in states.items() if body and body["role"] == "active")
-
 
 class PartitionTests(NetnsTestCase):
     """Scenario 3: site-a (its control plane and workers) cut off from site-b."""

@@ -22,6 +22,8 @@ import venv
 
 from twisted.trial import unittest
 
+from tests.support.cluster_procs import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 #: What is not copied from the work tree before building: version control,
@@ -157,14 +159,6 @@ class PlainInstallTests(unittest.SynchronousTestCase):
         self.assertIn("Serve DNS as a caching forwarder", helped.stdout)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait(condition, what: str, timeout: float = 30.0):
     import time
 
@@ -261,7 +255,7 @@ class EntrypointTests(unittest.SynchronousTestCase):
         it); a ``worker`` given CONTROL_PLANE_ADDRESS registers with that
         control plane and serves DNS.
         """
-        dns_port, api_port = _free_port(), _free_port()
+        dns_port, api_port = free_port(), free_port()
         standalone = self.config("standalone.yaml", (
             f'server:\n  listen_address: "127.0.0.1:{dns_port}"\nupstreams: ["127.0.0.1:9"]\n'
             f'api:\n  listen_address: "127.0.0.1:{api_port}"\n'))
@@ -270,9 +264,9 @@ class EntrypointTests(unittest.SynchronousTestCase):
               "the standalone server to answer DNS")
         self.assertIsNone(proc.poll(), "standalone exited")
         self.assertEqual(_get(api_port, "/api/health"), (200, {"status": "ok"}))
-        self.assertEqual(self.health("standalone", DNSGO_DNS_PORT=str(_free_port())).returncode, 1)
+        self.assertEqual(self.health("standalone", DNSGO_DNS_PORT=str(free_port())).returncode, 1)
 
-        control_port, control_api, worker_dns = _free_port(), _free_port(), _free_port()
+        control_port, control_api, worker_dns = free_port(), free_port(), free_port()
         control = self.config("control.yaml", (
             f'upstreams: ["127.0.0.1:9"]\ncontrol:\n  grpc_address: "127.0.0.1:{control_port}"\n'
             f'api:\n  listen_address: "127.0.0.1:{control_api}"\n  auth_token: "entrypoint-test"\n'))

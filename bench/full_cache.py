@@ -232,13 +232,7 @@ class FullCacheBench:
         zone = self.workdir / "bench.zone"
         write_zone(zone, self.args.zone_names)
         written = time.monotonic() - began
-        self.nsd_port = free_port()
-        self.nsd_conf = servers.nsd_config(self.workdir, self.nsd_port, zone)
-        nsd = self.procs.start("nsd", servers.nsd_command(self.nsd_conf), self.workdir / "nsd.out",
-                               cpu=self.args.nsd_cpu)
-        if not probe.wait_until_answering(self.nsd_port, workload.READY_NAME, 600, nsd.alive):
-            raise SystemExit(f"nsd did not start:\n{nsd.log_tail()}")
-        pin(nsd.pid, self.args.nsd_cpu)
+        self.nsd_port, self.nsd_conf, nsd = servers.start_nsd(self.procs, self.workdir, zone, self.args.nsd_cpu, 600)
         loaded = time.monotonic() - began - written
         self.facts["zone"] = {"names": self.args.zone_names, "bytes": zone.stat().st_size,
                               "write_seconds": written, "nsd_load_seconds": loaded}

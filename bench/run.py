@@ -97,13 +97,8 @@ class Bench:
 
     def start_nsd(self) -> None:
         """Start NSD on a free port and wait until it serves the zone."""
-        self.nsd_port = free_port()
-        self.nsd_conf = servers.nsd_config(self.workdir, self.nsd_port, self.workdir / "bench.zone")
-        nsd = self.procs.start("nsd", servers.nsd_command(self.nsd_conf), self.workdir / "nsd.out",
-                               cpu=self.args.nsd_cpu)
-        if not probe.wait_until_answering(self.nsd_port, workload.READY_NAME, 300, nsd.alive):
-            raise SystemExit(f"nsd did not start:\n{nsd.log_tail()}")
-        pin(nsd.pid, self.args.nsd_cpu)
+        self.nsd_port, self.nsd_conf, nsd = servers.start_nsd(
+            self.procs, self.workdir, self.workdir / "bench.zone", self.args.nsd_cpu)
         say(f"nsd answering on {servers.HOST}:{self.nsd_port} (pid {nsd.pid}, CPU {self.args.nsd_cpu})")
 
     def start_servers(self) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from workload import ZONE
+from workload import READY_NAME, ZONE
 
 HOST = "127.0.0.1"
 
@@ -67,6 +67,24 @@ zone:
 def nsd_command(conf: Path) -> list[str]:
     """The argv running NSD in the foreground with ``conf``."""
     return ["/usr/sbin/nsd", "-d", "-c", str(conf)]
+
+
+def start_nsd(procs, workdir: Path, zonefile: Path, cpu: int, timeout: float = 300):
+    """
+    Start NSD (``procs.start``) on a free port serving ``zonefile``, wait
+    until it answers, pin it to ``cpu``; return (port, its nsd.conf, the
+    Process).  SystemExit with the end of its log when it does not answer.
+    """
+    import probe
+    from procs import free_port, pin
+
+    port = free_port()
+    conf = nsd_config(workdir, port, zonefile)
+    nsd = procs.start("nsd", nsd_command(conf), workdir / "nsd.out", cpu=cpu)
+    if not probe.wait_until_answering(port, READY_NAME, timeout, nsd.alive):
+        raise SystemExit(f"nsd did not start:\n{nsd.log_tail()}")
+    pin(nsd.pid, cpu)
+    return port, conf, nsd
 
 
 def nsd_queries(conf: Path) -> int:

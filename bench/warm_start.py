@@ -204,13 +204,8 @@ class WarmBench:
 
     def start_nsd(self) -> None:
         """Start NSD on a free port and wait until it serves the zone."""
-        self.nsd_port = free_port()
-        self.nsd_conf = servers.nsd_config(self.workdir, self.nsd_port, self.workdir / "bench.zone")
-        nsd = self.procs.start("nsd", servers.nsd_command(self.nsd_conf), self.workdir / "nsd.out",
-                               cpu=self.args.nsd_cpu)
-        if not probe.wait_until_answering(self.nsd_port, workload.READY_NAME, 120, nsd.alive):
-            raise SystemExit(f"nsd did not start:\n{nsd.log_tail()}")
-        pin(nsd.pid, self.args.nsd_cpu)
+        self.nsd_port, self.nsd_conf, nsd = servers.start_nsd(
+            self.procs, self.workdir, self.workdir / "bench.zone", self.args.nsd_cpu, 120)
         say(f"nsd answering on {HOST}:{self.nsd_port}")
 
     def start_dnsgo(self, label: str, persist: Path, home: Path | None = None) -> Dnsgo:

@@ -104,6 +104,11 @@ class UpstreamConfig:
         SocketPoolConfig, "the sockets upstream queries go out on (docs/upstream.md)")
 
 
+def _eviction_setting():
+    """``eviction`` of both local caches (the policies of dnsgo.cache.eviction, which config/ cannot import)."""
+    return _setting(_Choice(("s3fifo", "lru")), "s3fifo", doc="eviction policy of each shard: 's3fifo' or 'lru'")
+
+
 @attrs.frozen
 class MessageCacheConfig:
     """The L1 cache of whole responses, local to each worker."""
@@ -114,8 +119,7 @@ class MessageCacheConfig:
         doc="shards (a power of two); default CPUs x 4 rounded up")
     min_ttl: int = _setting(_TTL, 0, doc="raise shorter TTLs to this many seconds")
     max_ttl: int = _setting(_TTL, 86400, doc="cap longer TTLs at this many seconds")
-    eviction: Literal["s3fifo", "lru"] = _setting(
-        _Choice(("s3fifo", "lru")), "s3fifo", doc="eviction policy of each shard: 's3fifo' or 'lru'")
+    eviction: Literal["s3fifo", "lru"] = _eviction_setting()
 
 
 @attrs.frozen
@@ -126,8 +130,7 @@ class RRsetCacheConfig:
     num_shards: int = _setting(
         _Integer(1, 65536, power_of_two=True), factory=lambda: default_shards(8),
         doc="shards (a power of two); default CPUs x 8 rounded up")
-    eviction: Literal["s3fifo", "lru"] = _setting(
-        _Choice(("s3fifo", "lru")), "s3fifo", doc="eviction policy of each shard: 's3fifo' or 'lru'")
+    eviction: Literal["s3fifo", "lru"] = _eviction_setting()
 
 
 @attrs.frozen

@@ -268,10 +268,12 @@ class MessageCache:
             self._drop_broken(q)
             return None
 
-    def store(self, q: wire.QueryInfo, body: bytes) -> bool:
+    def store(self, q: wire.QueryInfo, body: bytes, layout: wire.ResponseLayout | None = None) -> bool:
         """
         Cache ``body``, the reply to ``q`` without OPT, if it is cacheable
         (see the module docstring); return whether it was stored.
+        ``layout`` is ``body``'s :func:`~dnsgo.dns.wire.scan_response`
+        when the caller has it (:func:`~dnsgo.dns.wire.relay_reply` does).
 
         A stored reply replaces the entry of the same key (keeping its hit
         count, so a hot name stays hot across refreshes, with a new
@@ -279,7 +281,8 @@ class MessageCache:
         evicts from its least recently used end until it fits its budget.
         """
         try:
-            layout = wire.scan_response(body)
+            if layout is None or layout.opt_offset is not None:
+                layout = wire.scan_response(body)
             if layout.opt_offset is not None:
                 body = wire.strip_opt(body, layout)
                 layout = wire.scan_response(body)

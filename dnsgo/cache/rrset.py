@@ -10,7 +10,13 @@ What it stores, and why:
   whose upstream TTL is 0 is never cached, whatever ``min_ttl`` says
   (RFC 1035 §3.2.1: TTL 0 means "use for this transaction only").  TTLs
   count down while cached.
-* **Rank** by section (RFC 2181 §5.4.1): answer > authority > additional.  A
+* **Only answers are learnt from upstream replies.**  The authority and
+  additional sections' RRsets (the zone's NS, glue) are not stored: L2
+  answers only from answer-rank data (RFC 2181 §5.4.1), and a forwarder
+  never iterates, so they could never be served; Unbound keeps them for
+  its iterator.  Their SOA still makes negative answers (below).
+* **Rank** by section (RFC 2181 §5.4.1): answer > authority > additional,
+  for RRsets inserted with a rank (:meth:`RRsetCache.insert_rrset`).  A
   lower rank never replaces a live higher-rank entry; equal or higher does.
   Only the question's own answer-section records are answer rank: its
   CNAME, or its RRset of the qtype, and their RRSIGs.  The rest of a CNAME
@@ -124,7 +130,9 @@ class CachedRRset:
     One cached RRset: the payloads (``dns.Record_*`` objects, or uncompressed
     rdata bytes not yet decoded), the owner as received, when it was stored
     and for how long, its rank, where it came from, and its estimated cost.
-    Only ``freq``, the eviction policy's hit count, ever changes.
+    Only ``freq``, the eviction policy's hit count, ever changes, and
+    ``stored_at``, ``ttl`` and ``source`` when the same RRset comes again
+    and lasts longer (as Unbound renews the TTL of equal data).
     """
 
     owner: bytes
@@ -270,6 +278,12 @@ class RRsetCache:
             return
         # Kept in wire form, whatever form it came in: decoded on each read.
         payloads = tuple(p if p.__class__ is bytes else wire_records.rdata_of(p) for p in payloads)
+        if old.__class__ is CachedRRset and old.rank == rank and old.payloads == payloads and old.owner == owner:
+            # The same RRset again (the zone's NS and glue ride along with
+            # every answer): renew it where it is, when that lasts longer.
+            if stored_at + ttl > old.stored_at + old.ttl:
+                old.stored_at, old.ttl, old.source = stored_at, ttl, source
+            return
         cost = _ENTRY_OVERHEAD + 2 * sys.getsizeof(name) + sum(map(sys.getsizeof, payloads))
         self._put(index, key, CachedRRset(owner, type, cls, payloads, ttl, stored_at, rank, cost, source))
 
@@ -514,16 +528,17 @@ class LearnedNegative:
 def learn_from_reply(query: dns.Query, rcode: int, answers, authority, additional) -> list:
     """
     What an upstream reply to ``query`` teaches, in the order a cache should
-    store it: :class:`LearnedRRset` items of the additional, authority and
-    answer sections (only the question's own answers, at answer rank), then
-    at most one :class:`LearnedNegative` (for the question's name only).
+    store it: :class:`LearnedRRset` items of the answer section (only the
+    question's own answers, at answer rank), then at most one
+    :class:`LearnedNegative` (for the question's name only, from an SOA
+    of the authority section).
     The rules are the module's (grouping, ranking, RFC 2308); every L2
     store shares them.
     """
     if query.type in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
         return []
     return _learn(
-        query, rcode, _group(additional), _group(authority), _group(answers), _object_target,
+        query, rcode, _group(answers), _object_target,
         lambda name, type, cls, rcode: _learn_negative(name, type, cls, rcode, authority),
     )
 
@@ -539,31 +554,31 @@ def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
     rcode = reply.rcode
     if query.type in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
         return []
-    sections = ([], [], [])
+    answers = []
+    authority = []
     for record in reply.records:
-        if record.type not in _NOT_CACHED_TYPES:
-            sections[record.section].append(record)
-    authority = sections[wire_records.AUTHORITY]
+        section = record.section
+        if section == wire_records.ANSWER:
+            if record.type not in _NOT_CACHED_TYPES:
+                answers.append(record)
+        elif section == wire_records.AUTHORITY and record.type == dns.SOA:
+            authority.append(record)
     return _learn(
-        query, rcode, _group_wire(sections[wire_records.ADDITIONAL]), _group_wire(authority),
-        _group_wire(sections[wire_records.ANSWER]), _wire_target,
+        query, rcode, _group_wire(answers), _wire_target,
         lambda name, type, cls, rcode: _learn_wire_negative(name, type, cls, rcode, authority),
     )
 
 
-def _learn(query, rcode: int, additional: dict, authority: dict, answers: dict, target_of, negative_of) -> list:
+def _learn(query, rcode: int, answers: dict, target_of, negative_of) -> list:
     """
-    The rules of :func:`learn_from_reply` over grouped sections (RRsets by
-    (name, type, class)); ``target_of`` reads a CNAME payload's target and
-    ``negative_of(name, type, cls, rcode)`` finds the negative answer the
-    authority section allows.
+    The rules of :func:`learn_from_reply` over the answer section grouped
+    into RRsets by (name, type, class); ``target_of`` reads a CNAME
+    payload's target and ``negative_of(name, type, cls, rcode)`` finds the
+    negative answer the authority section allows.
     """
     qtype, qcls = query.type, query.cls
     qname = normalize_name(query.name.name)
     learned: list = []
-    for rank, groups in ((Rank.ADDITIONAL, additional), (Rank.AUTHORITY, authority)):
-        for (name, type, cls), group in groups.items():
-            learned.append(LearnedRRset(name, type, cls, group.owner, tuple(group.payloads), group.ttl, rank))
 
     chain, complete = _follow_chain(answers, qname, qtype, qcls, target_of)
     last = chain[-1]

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from twisted.names import dns
 
-from dnsgo.dns.wire import TYPE_OPT, label_has_dot, read_name
+from dnsgo.dns.wire import TYPE_OPT, ResponseLayout, label_has_dot, read_name
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -128,6 +128,86 @@ def read_reply(msg: bytes) -> ReadReply:
         section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
         append(WireRecord(owner, rtype, cls, 0 if ttl & _TTL_TOP_BIT else ttl, rdata, section))
     return ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
+
+
+def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
+    """
+    :func:`dnsgo.dns.wire.scan_response` and :func:`read_reply` of an
+    upstream reply in one pass, for the miss path: the same layout and
+    records, and a ValueError wherever either of them raises one (the
+    checks of both apply: compression, truncation, the OPT record's place,
+    bytes after the last record, rdata sizes and names).
+    """
+    n = len(msg)
+    if n < 12:
+        raise ValueError("message shorter than a DNS header")
+    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
+    if qdcount > 1:
+        raise ValueError("more than one question")
+    if qdcount:
+        qname, pos = read_name(msg, 12)
+        if pos + 4 > n:
+            raise ValueError("truncated question")
+        qtype, qclass = _U16X2.unpack_from(msg, pos)
+        pos += 4
+    else:  # an error reply may leave the question out
+        qname, qtype, qclass, pos = b"", 0, 0, 12
+    question_end = pos
+    dotted = label_has_dot(qname)
+    records = []
+    append = records.append
+    offsets = []
+    ttls = []
+    opt_offset = None
+    opt_length = 0
+    ext_rcode = 0
+    first_authority = ancount
+    first_additional = ancount + nscount
+    for index in range(first_additional + arcount):
+        start_rr = pos
+        owner, pos = read_name(msg, pos)
+        if pos + 10 > n:
+            raise ValueError("truncated resource record")
+        rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
+        start = pos + 10
+        end = start + rdlength
+        if end > n:
+            raise ValueError("resource record data runs past the end of the message")
+        if rtype == TYPE_OPT:
+            if opt_offset is not None:
+                raise ValueError("more than one OPT record")
+            if index < first_additional:
+                raise ValueError("OPT record outside the additional section")
+            if pos != start_rr + 1:
+                raise ValueError("OPT record whose owner is not the root")
+            opt_offset = start_rr
+            opt_length = end - start_rr
+            ext_rcode = ttl >> 24
+            pos = end
+            continue
+        offsets.append(pos + 4)
+        ttl = 0 if ttl & _TTL_TOP_BIT else ttl
+        ttls.append(ttl)
+        pos = end
+        steps = RDATA_NAMES.get(rtype)
+        if steps is None:
+            if _FIXED_SIZES.get(rtype, rdlength) != rdlength:
+                raise ValueError(f"rdata of type {rtype} has {rdlength} bytes")
+            rdata = msg[start:end]
+        else:
+            rdata, names_dotted = _expand_rdata(msg, start, end, steps)
+            dotted = dotted or names_dotted
+        dotted = dotted or label_has_dot(owner)
+        section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
+        append(WireRecord(owner, rtype, cls, ttl, rdata, section))
+    if pos != n:
+        raise ValueError("bytes after the last record")
+    ttls = tuple(ttls)
+    layout = ResponseLayout(
+        question_end, tuple(offsets), ttls, min(ttls) if ttls else None, (ext_rcode << 4) | (flags & 0xF),
+        flags, qdcount, ancount, nscount, arcount, opt_offset, opt_length,
+    )
+    return layout, ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
 
 
 def _expand_rdata(msg: bytes, start: int, end: int, steps) -> tuple[bytes, bool]:

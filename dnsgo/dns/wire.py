@@ -18,7 +18,6 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-import attrs
 
 NOERROR = 0
 FORMERR = 1
@@ -146,10 +145,12 @@ class QueryInfo(NamedTuple):
 _new_query_info = tuple.__new__
 
 
-@attrs.frozen
-class ResponseLayout:
+class ResponseLayout(NamedTuple):
     """
     Where the parts of a stored response are, found once by ``scan_response``.
+
+    A ``NamedTuple``, like :class:`QueryInfo` and for the same reason: one
+    is made per upstream reply on the miss path.
 
     ``ttl_offsets`` and ``orig_ttls`` list every resource record except the
     OPT, in message order (answer, then authority, then additional), so the
@@ -861,6 +862,16 @@ def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
     where its bytes do not hold together.  ``layout`` is ``reply``'s
     :func:`scan_response`, when the caller has it already.
     """
+    return relay_reply(reply, query, max_ttl, negative_cap, layout)[0]
+
+
+def relay_reply(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
+                layout: ResponseLayout | None = None) -> tuple[bytes, ResponseLayout]:
+    """
+    :func:`relay_body`, and the body's own :class:`ResponseLayout` (its
+    TTLs as relayed), so that the L1 cache stores it without scanning it
+    again.
+    """
     if layout is None:
         layout = scan_response(reply)
     if layout.qdcount == 0:
@@ -894,8 +905,14 @@ def relay_body(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
                 raise ValueError("SOA rdata too short")
             minimum = _U32.unpack_from(body, offset + 6 + rdlength - 4)[0]
             ttls[index] = min(ttls[index], minimum, negative_cap)
-    wire_ttls = [_U32.unpack_from(body, offset)[0] for offset in offsets]
-    ttls = [ttl if ttl <= max_ttl else max_ttl for ttl in ttls]
-    if ttls == wire_ttls:
-        return body
-    return render_ttls(body, offsets, ttls, 0)
+    ttls = tuple(ttl if ttl <= max_ttl else max_ttl for ttl in ttls)
+    out = layout.orig_ttls
+    if ttls != out or any(_U32.unpack_from(body, offset)[0] != ttl for offset, ttl in zip(offsets, ttls)):
+        body = render_ttls(body, offsets, ttls, 0)
+    if ttls != out or layout.flags != flags or layout.opt_offset is not None:
+        layout = ResponseLayout(
+            layout.question_end, offsets, ttls, min(ttls) if ttls else None, flags & 0xF, flags,
+            layout.qdcount, layout.ancount, layout.nscount, layout.arcount - (layout.opt_offset is not None),
+            None, 0,
+        )
+    return body, layout

@@ -88,10 +88,44 @@ class Chain(resolve.ResolverChain):
             return defer.succeed(found)
         else:
             return defer.fail(error.DomainError())
+        return self._from(start, query, timeout)
+
+    def _from(self, start: int, query, timeout=None) -> defer.Deferred:
+        """Ask the resolvers from number ``start`` on, each through ``query``."""
+        resolvers = self.resolvers
         d = defer.maybeDeferred(resolvers[start].query, query, timeout)
         for r in resolvers[start + 1 :]:
             d.addErrback(resolve.FailureHandler(r.query, query, timeout))
         return d
+
+
+    def ask(self, query, done) -> None:
+        """
+        :meth:`query` with a plain callback: ``done`` is called once with the
+        result, or with the exception the Deferred would fail with.  The
+        resolvers that answer at once are asked first (``answer_now``); the
+        next one is asked through its own ``ask`` when it has one (the
+        forwarder does), so a miss makes no Deferred, else through ``query``.
+        """
+        resolvers = self.resolvers
+        start = 0
+        for start, r in enumerate(resolvers):
+            answer_now = getattr(r, "answer_now", None)
+            if answer_now is None:
+                break
+            found = answer_now(query)
+            if found is not None:
+                done(found)
+                return
+        else:
+            done(error.DomainError())
+            return
+        ask = getattr(resolvers[start], "ask", None)
+        if ask is not None and start == len(resolvers) - 1:
+            ask(query, done)
+            return
+        d = self._from(start, query)
+        d.addCallbacks(done, lambda failure: done(failure.value))
 
 
 def message_to_result(message: dns.Message):

@@ -58,6 +58,32 @@ class ForwardingResolver(common.ResolverBase):
             d.addErrback(self._timed_out, key)
         return d
 
+    def ask(self, query, done) -> None:
+        """
+        :meth:`query` with a plain callback, for the miss path: ``done`` is
+        called once with what the Deferred would fire with (the result), or
+        with the exception it would fail with.  Never raises.
+        """
+        key = self._failure_key(query)
+        if key is not None and self._failures.recent(key):
+            done(RecentFailure())
+            return
+
+        def answered(outcome) -> None:
+            if isinstance(outcome, BaseException):
+                if key is not None and isinstance(outcome, defer.TimeoutError):
+                    self._failures.failed(key)
+                done(outcome)
+                return
+            try:
+                result = self._answered(outcome, query)
+            except Exception as e:
+                done(e)
+                return
+            done(result)
+
+        self._pool.ask(query.qname_wire, query.type, query.cls, query.dnssec_ok, query.checking_disabled, answered)
+
     def _failure_key(self, query):
         if self._failures is None:
             return None

@@ -14,6 +14,7 @@ from time import perf_counter
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
+from twisted.python.failure import Failure
 
 from dnsgo.dns import wire
 from dnsgo.dns.names import wire_to_dotted
@@ -103,9 +104,7 @@ class QueryHandler:
             if hit is not None:
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
             q = q._replace(id=(data[0] << 8) | data[1])
-            d = self._miss(q, tcp)
-            d.addCallback(self._counted, q.qtype, tcp, started)
-            return d
+            return self._miss(q, tcp, started)
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
@@ -131,21 +130,34 @@ class QueryHandler:
                     parsed.clear()
                 parsed[data[2:]] = q
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
-        d = self._miss(q, tcp)
-        d.addCallback(self._counted, q.qtype, tcp, started)
-        return d
+        return self._miss(q, tcp, started)
 
     def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
         self.stats.record(reply[3] & 0xF, qtype, tcp, perf_counter() - started)
         return reply
 
-    def _miss(self, q: wire.QueryInfo, tcp: bool) -> defer.Deferred:
-        resolved = self._resolve(q, self._resolver)
-        resolved.addCallback(self._remember, q)
-        if self._stale is None:
-            resolved.addCallback(lambda outcome: self._finish(outcome[0], q, tcp))
-            return resolved
-        return self._race_stale(resolved, q, tcp)
+    def _miss(self, q: wire.QueryInfo, tcp: bool, started: float) -> defer.Deferred:
+        if self._stale is not None:
+            resolved = self._resolve(q, self._resolver)
+            resolved.addCallback(self._remember, q)
+            return self._race_stale(resolved, q, tcp).addCallback(self._counted, q.qtype, tcp, started)
+        # One Deferred per miss, fired with the client's reply: the resolver
+        # calls back once, and the L1 write and the reply's last touches
+        # happen in that one call.
+        d = defer.Deferred()
+
+        def done(result) -> None:
+            try:
+                outcome = self._outcome(result, q)
+                self._remember(outcome, q)
+                reply = self._counted(self._finish(outcome[0], q, tcp), q.qtype, tcp, started)
+            except Exception:
+                d.errback()  # the listener answers SERVFAIL and logs it
+                return
+            d.callback(reply)
+
+        self._ask(q, self._resolver, done)
+        return d
 
     def _race_stale(self, resolved: defer.Deferred, q, tcp: bool) -> defer.Deferred:
         """
@@ -177,7 +189,7 @@ class QueryHandler:
         timer = self._reactor.callLater(self._stale.client_timeout, serve_stale, None)
 
         def settled(outcome):
-            body, failed = outcome
+            body, failed, _ = outcome
             if timer.active():
                 timer.cancel()
             if out.called:
@@ -192,47 +204,73 @@ class QueryHandler:
         return out
 
     def _resolve(self, q: wire.QueryInfo, resolver) -> defer.Deferred:
-        """Ask ``resolver``; fires with (reply body without OPT, failed?)."""
-        query = FlaggedQuery(q.qname, q.qtype, q.qclass, dnssec_ok=q.do, checking_disabled=q.cd)
-        d = defer.maybeDeferred(resolver.query, query)
-        d.addCallbacks(self._answered, self._failed, callbackArgs=(q,), errbackArgs=(q,))
+        """Ask ``resolver``; fires with the outcome (reply body without OPT, failed?, its layout or None)."""
+        d = defer.Deferred()
+        self._ask(q, resolver, lambda result: d.callback(self._outcome(result, q)))
         return d
 
-    def _answered(self, result, q: wire.QueryInfo):
+    def _ask(self, q: wire.QueryInfo, resolver, done) -> None:
+        """
+        Ask ``resolver`` about ``q``; ``done`` is called once with the
+        result or the exception: through the resolver's ``ask`` when it has
+        one (no Deferred), else through ``IResolver.query``.
+        """
+        query = FlaggedQuery(q.qname, q.qtype, q.qclass, dnssec_ok=q.do, checking_disabled=q.cd)
+        ask = getattr(resolver, "ask", None)
+        if ask is not None:
+            try:
+                ask(query, done)
+            except Exception as e:
+                done(e)
+            return
+        d = defer.maybeDeferred(resolver.query, query)
+        d.addCallbacks(done, lambda failure: done(failure.value))
+
+    def _outcome(self, result, q: wire.QueryInfo):
+        """What a resolver's result (or exception) means for the client: (body, failed?, layout or None)."""
+        if isinstance(result, BaseException):
+            return self._failed(result, q)
         if result.__class__ is UpstreamReply:
             # A relaying forwarder's answer: the upstream's bytes, passed on.
-            body = wire.relay_body(result.wire, q, self._max_ttl, self._negative_ttl, result.layout)
-            return body, body[3] & 0xF == wire.SERVFAIL
-        answers, authority, additional = result
-        authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
-        return encode_reply(q, dns.OK, answers, authority, additional, self._max_ttl), False
+            try:
+                body, layout = wire.relay_reply(result.wire, q, self._max_ttl, self._negative_ttl, result.layout)
+            except Exception as e:
+                return self._failed(e, q)
+            return body, body[3] & 0xF == wire.SERVFAIL, layout
+        try:
+            answers, authority, additional = result
+            authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
+            return encode_reply(q, dns.OK, answers, authority, additional, self._max_ttl), False, None
+        except Exception as e:
+            return self._failed(e, q)
 
-    def _failed(self, failure, q: wire.QueryInfo):
-        if failure.check(FinalAnswer):
-            f = failure.value
-            authority = normalize_negative(f.rcode, f.answers, f.authority, self._negative_ttl)
-            body = encode_reply(q, f.rcode, f.answers, authority, f.additional, self._max_ttl)
-            return body, f.rcode == dns.ESERVER
-        if failure.check(VerbatimReply):
-            body = wire.relay_body(failure.value.reply, q, self._max_ttl, self._negative_ttl)
-            return body, body[3] & 0xF == wire.SERVFAIL
-        if not failure.check(defer.TimeoutError):
+    def _failed(self, error: BaseException, q: wire.QueryInfo):
+        if isinstance(error, FinalAnswer):
+            authority = normalize_negative(error.rcode, error.answers, error.authority, self._negative_ttl)
+            body = encode_reply(q, error.rcode, error.answers, authority, error.additional, self._max_ttl)
+            return body, error.rcode == dns.ESERVER, None
+        if isinstance(error, VerbatimReply):
+            try:
+                body, layout = wire.relay_reply(error.reply, q, self._max_ttl, self._negative_ttl)
+                return body, body[3] & 0xF == wire.SERVFAIL, layout
+            except Exception as e:
+                error = e
+        if not isinstance(error, defer.TimeoutError):
             self.log.failure(
                 "resolving {name} {qtype} failed",
-                failure,
+                Failure(error, error.__class__, error.__traceback__),
                 name=wire.name_to_text(q.qname),
                 qtype=q.qtype,
             )
         self.counters["servfail"] += 1
-        return encode_reply(q, dns.ESERVER, (), (), ()), True
-
+        return encode_reply(q, dns.ESERVER, (), (), ()), True, None
 
     def _remember(self, outcome, q: wire.QueryInfo):
         """Write a miss-path reply to L1 (the cache decides what it keeps)."""
-        body, failed = outcome
+        body, failed, layout = outcome
         if self._cache is not None and not failed:
             try:
-                self._cache.store(q, body)
+                self._cache.store(q, body, layout)
             except Exception:
                 self.log.failure("L1 store failed; reply served uncached")
         return outcome

@@ -263,6 +263,8 @@ class InfraCache:
         With ``all_servers``, those left out follow, soonest probe first
         (for a query that has ruled out every server of the usual order).
         """
+        if len(self._servers) == 1:
+            return list(self._servers)  # one server: whatever its health, it is the one to try
         states = self._servers.items()
         by_probe = lambda item: (item[1].next_probe, item[1].index)  # noqa: E731
         if all(state.down for _, state in states):

@@ -43,7 +43,7 @@ does:
 **Spoofing defences** (RFC 5452):
 
 * every transmission carries a fresh random 16-bit ID
-  (``secrets.randbits``).  The ID of a transmission that timed out is
+  (``os.urandom``, drawn in chunks: :mod:`dnsgo.upstream.ids`).  The ID of a transmission that timed out is
   retired: its late reply is counted (``stats.late``) and ignored, so each
   server has at most one (source port, ID) pair open for a question at any
   time, and a retransmission does not give an attacker a second pair to
@@ -61,8 +61,9 @@ does:
   compared case-insensitively, type and class).  Replies with no question
   are accepted only as unusable ones (FORMERR from a server that dislikes
   EDNS), never as answers.  Anything else, and any reply that is malformed
-  (``wire.scan_response`` rejects it: records cut short, bytes after the
-  last record, bad compression; or ``dns.Message.fromStr`` fails), is
+  (``records.read_response`` rejects it: records cut short, bytes after
+  the last record, bad compression, an OPT out of place, rdata of the
+  wrong size), is
   counted in :attr:`UpstreamPool.stats` and ignored; the transmission keeps
   waiting.
 
@@ -99,8 +100,8 @@ from __future__ import annotations
 import errno
 import functools
 import ipaddress
-import secrets
 import struct
+from typing import NamedTuple
 
 import attrs
 from twisted.internet import defer
@@ -113,7 +114,8 @@ from twisted.protocols.basic import Int16StringReceiver
 from twisted.python import log
 
 from dnsgo.dns import wire
-from dnsgo.dns.records import ReadReply, read_reply
+from dnsgo.dns.records import ReadReply, read_response
+from dnsgo.upstream.ids import QueryIds
 from dnsgo.upstream.infra import InfraCache, Server
 from dnsgo.upstream.sockets import FreshSockets, SocketPool, SocketPoolSettings
 
@@ -194,7 +196,8 @@ class UpstreamReply:
 
     ``wire`` is the reply exactly as received, ``layout`` where its parts
     are (:func:`dnsgo.dns.wire.scan_response`), ``read`` its question and
-    records read from those bytes once (:func:`dnsgo.dns.records.read_reply`),
+    records read from those bytes (:func:`dnsgo.dns.records.read_reply`); the
+    pool finds both in one pass (:func:`dnsgo.dns.records.read_response`),
     ``rtt`` the seconds from sending the transmission it answers to
     accepting this reply (for TC=1, including the TCP leg).  ``message``,
     the reply decoded by twisted.names without the OPT record (hop-by-hop),
@@ -244,20 +247,23 @@ class UpstreamStats:
         return self.spoofed + self.late + self.malformed
 
 
-@attrs.frozen
-class _Question:
-    """What is being asked, and the flags to ask it with."""
+class _Question(NamedTuple):
+    """
+    What is being asked, and the flags to ask it with; ``lowered`` is the
+    name lowercased.  (A NamedTuple: one is made per miss.)
+    """
 
     qname: bytes
     qtype: int
     qclass: int
     do: bool
     cd: bool
+    lowered: bytes
 
     @property
     def match_key(self) -> tuple[bytes, int, int]:
         """What ``wire.parse_question`` must return for a reply to match."""
-        return (self.qname.lower(), self.qtype, self.qclass)
+        return (self.lowered, self.qtype, self.qclass)
 
 
 class UpstreamPool:
@@ -308,10 +314,11 @@ class UpstreamPool:
         self.stats = UpstreamStats()
         self._no_socket_logged = float("-inf")
         size = max(8192, udp_size)
+        self._ids = QueryIds()
         if socket_pool is None:
-            self._sockets = FreshSockets(reactor, size)
+            self._sockets = FreshSockets(reactor, size, self._ids)
         else:
-            self._sockets = SocketPool(reactor, size, socket_pool, on_stray=self._stray)
+            self._sockets = SocketPool(reactor, size, socket_pool, self._ids, on_stray=self._stray)
 
     @property
     def budget(self) -> float:
@@ -326,30 +333,58 @@ class UpstreamPool:
         RD set and the given DO and CD bits.  Fires with an
         :class:`UpstreamReply` (usable, or else the last unusable one), or
         fails with :class:`UpstreamTimeout`; a malformed ``qname`` fails
-        with ValueError.
+        with ValueError.  Cancelling the Deferred withdraws this caller.
         """
+        resolution = self._resolution(qname, qtype, qclass, bool(do), bool(cd))
+        if resolution is None:
+            return defer.fail(ValueError(f"malformed question name {qname!r}"))
+        waiter = resolution.add_waiter()
+        if not resolution.started:
+            resolution.start()
+        return waiter
+
+    def ask(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool, done) -> None:
+        """
+        :meth:`query` without a Deferred, for the miss path: ``done`` is
+        called once, with the :class:`UpstreamReply`, or with the exception
+        (:class:`UpstreamTimeout`, or ValueError for a malformed ``qname``)
+        that :meth:`query` would fail with.  Never raises.
+        """
+        try:
+            resolution = self._resolution(qname, qtype, qclass, do, cd)
+        except Exception as e:
+            done(e)
+            return
+        if resolution is None:
+            done(ValueError(f"malformed question name {qname!r}"))
+            return
+        resolution.waiters.append(done)
+        if not resolution.started:
+            resolution.start()
+
+    def _resolution(self, qname: bytes, qtype: int, qclass: int, do: bool, cd: bool):
+        """The resolution in flight for this question (coalesced), or a new one not yet started; None for a malformed name."""
         self.stats.queries += 1
-        question = _Question(qname, qtype, qclass, bool(do), bool(cd))
-        key = (qname.lower(), qtype, qclass, question.do, question.cd)
+        key = (qname.lower(), qtype, qclass, do, cd)
         resolution = self._pending.get(key)
         if resolution is not None:
             self.stats.coalesced += 1
-            return resolution.add_waiter()
+            return resolution
         try:
-            wire.build_query(0, qname, qtype, qclass, cd=cd, do=do, udp_size=self._udp_size)
+            template = wire.build_query(0, qname, qtype, qclass, rd=True, cd=cd, do=do, udp_size=self._udp_size)
         except ValueError:
-            return defer.fail()
-        resolution = _Resolution(self, question, lambda: self._forget(key, resolution))
+            return None
+        question = _Question(qname, qtype, qclass, do, cd, key[0])
+        resolution = _Resolution(self, question, template, key)
         self._pending[key] = resolution
-        waiter = resolution.add_waiter()
-        resolution.start()
-        return waiter
+        return resolution
 
     def close(self) -> None:
         """Close the socket pool's sockets, if there is a pool (queries in flight on them fail over)."""
         self._sockets.close()
 
-    def _forget(self, key: tuple, resolution: _Resolution) -> None:
+    def forget(self, key: tuple, resolution: _Resolution) -> None:
+        """A resolution is over: the next identical question starts a new one."""
         if self._pending.get(key) is resolution:
             del self._pending[key]
 
@@ -405,12 +440,15 @@ class _Resolution:
     and fires the callers' Deferreds.
     """
 
-    def __init__(self, pool: UpstreamPool, question: _Question, on_done):
+    def __init__(self, pool: UpstreamPool, question: _Question, template: bytes, key: tuple):
         self.pool = pool
         self.question = question
+        self.template = template  # the query with ID 0: each transmission puts its own ID in
         self.deadline = pool._reactor.seconds() + pool._budget
-        self._on_done = on_done
-        self._waiters: list[defer.Deferred] = []
+        self._key = key
+        self.started = False
+        #: The callers: Deferreds (from ``query``) and plain callables (from ``ask``).
+        self.waiters: list = []
         self._exchanges: dict[Server, _Exchange] = {}
         self._excluded: set[Server] = set()
         self._current: list[_Exchange] = []
@@ -422,11 +460,12 @@ class _Resolution:
     def add_waiter(self) -> defer.Deferred:
         """A new Deferred for one more caller of this question."""
         waiter = defer.Deferred(self._cancel_waiter)
-        self._waiters.append(waiter)
+        self.waiters.append(waiter)
         return waiter
 
     def start(self) -> None:
         """Arm the budget and make the first transmission."""
+        self.started = True
         self._timer = self.pool._reactor.callLater(self.pool._budget, self._expire)
         self._next_try()
 
@@ -498,22 +537,29 @@ class _Resolution:
             exchange.stop(_FAILED if timed_out else _ABANDONED)
         if reply is None:
             reply = self._last_unusable
+        outcome = reply
         if reply is None:
             self.pool.stats.failed += 1
-        self._on_done()
-        waiters, self._waiters = self._waiters, []
+            outcome = UpstreamTimeout("no reply from any upstream server")
+        self.pool.forget(self._key, self)
+        waiters, self.waiters = self.waiters, []
         for waiter in waiters:
-            if reply is not None:
+            if waiter.__class__ is not defer.Deferred:
+                try:
+                    waiter(outcome)
+                except Exception:
+                    _log.failure("an upstream query's caller failed")
+            elif reply is not None:
                 waiter.callback(reply)
             else:
-                waiter.errback(UpstreamTimeout("no reply from any upstream server"))
+                waiter.errback(outcome)
 
     def _cancel_waiter(self, waiter: defer.Deferred) -> None:
-        if waiter in self._waiters:
-            self._waiters.remove(waiter)
-        if not self._waiters and not self._done:
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+        if not self.waiters and not self._done:
             self._done = True
-            self._on_done()
+            self.pool.forget(self._key, self)
             if self._timer is not None:
                 if self._timer.active():
                     self._timer.cancel()
@@ -736,10 +782,7 @@ class _Exchange:
             self.refused()
 
     def _new_query(self, query_id: int) -> bytes:
-        q = self.resolution.question
-        return wire.build_query(
-            query_id, q.qname, q.qtype, q.qclass, rd=True, cd=q.cd, do=q.do, udp_size=self.pool._udp_size
-        )
+        return _ID.pack(query_id) + self.resolution.template[2:]
 
     def _matches(self, data: bytes) -> bool:
         """Whether ``data`` answers the current transmission; counts what it rejects."""
@@ -766,10 +809,9 @@ class _Exchange:
     def _accept(self, data: bytes, via_tcp: bool) -> None:
         try:
             # The whole reply is checked at byte level once: its structure
-            # (scan_response: truncation, compression, stray bytes) and
-            # every name and fixed-size rdata (read_reply).
-            layout = wire.scan_response(data)
-            read = read_reply(data)
+            # (truncation, compression, stray bytes, the OPT's place) and
+            # every name and fixed-size rdata, in one pass (read_response).
+            layout, read = read_response(data)
         except ValueError:
             self.pool.stats.malformed += 1
             return
@@ -795,7 +837,7 @@ class _Exchange:
         endpoint = endpoint_class(pool._reactor, self.address.host, self.address.port, timeout=remaining + 1)
         if self._query_id is not None:
             self._retire(self._query_id)
-        self._query_id = secrets.randbits(16)
+        self._query_id = self.pool._ids()
         client = self._tcp = _TCPClient(self, self._new_query(self._query_id))
         connecting = self._connecting = endpoint.connect(_OneShotFactory(client))
         connecting.addCallbacks(self._tcp_connected, self._tcp_connect_failed, errbackArgs=(client,))

@@ -28,8 +28,9 @@ reactor is a posix one.
 """
 from __future__ import annotations
 
+import errno
 import random
-import secrets
+import socket
 
 import attrs
 from twisted.internet import base, udp
@@ -133,13 +134,10 @@ class _FreshChannel(DatagramProtocol):
 
     noisy = False
 
-    def __init__(self, exchange):
+    def __init__(self, exchange, ids):
         self._exchange = exchange
         self._port = None
-
-    def new_id(self) -> int:
-        """A random 16-bit ID (the socket is the exchange's own)."""
-        return secrets.randbits(16)
+        self.new_id = ids  # a random 16-bit ID (the socket is the exchange's own)
 
     def send(self, query_id: int, data: bytes) -> None:
         """Send a datagram to the server."""
@@ -174,16 +172,106 @@ class _FreshChannel(DatagramProtocol):
             self._exchange.refused()
 
 
+#: Datagrams a bare channel reads in one wake-up at most (its exchange
+#: expects one; the rest are strays or late replies).
+_READS_PER_WAKEUP = 16
+
+
+class _BareChannel:
+    """
+    One exchange's own connected socket, watched by the reactor directly:
+    the fresh mode's channel on posix reactors.
+
+    A ``udp.Port`` per exchange costs more Python than the exchange itself
+    (its constructor, ``startListening``, address checks on every write, the
+    ``connectionLost`` chain); this is the socket, ``connect`` (which binds
+    it to a random port of ``ip_local_port_range``, as ``bind`` to port 0
+    does), one ``addReader`` and one ``removeReader``.  The kernel hands it
+    only datagrams from the connected server and reports ICMP errors on it.
+    """
+
+    __slots__ = ("_reactor", "_exchange", "_socket", "_size", "_source", "fileno", "new_id")
+
+    def __init__(self, reactor, exchange, address, size: int, ids):
+        family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
+        skt = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            skt.setblocking(False)
+            skt.connect((address.host, address.port))
+        except BaseException:
+            skt.close()
+            raise
+        self._reactor = reactor
+        self._exchange = exchange
+        self._socket = skt
+        self._size = size
+        self._source = (address.host, address.port)
+        self.fileno = skt.fileno
+        self.new_id = ids  # a random 16-bit ID (the socket is the exchange's own)
+        reactor.addReader(self)
+
+    def send(self, query_id: int, data: bytes) -> None:
+        """Send a datagram to the server (raises OSError as ``send`` does)."""
+        self._socket.send(data)
+
+    def close(self) -> None:
+        """Stop watching and close the socket; let go of the exchange."""
+        skt, self._socket = self._socket, None
+        self._exchange = None
+        if skt is not None:
+            self._reactor.removeReader(self)
+            skt.close()
+
+    def logPrefix(self) -> str:
+        """What the reactor's log context calls this descriptor."""
+        return "dnsgo-upstream"
+
+    def doRead(self) -> None:
+        """Hand what arrived to the exchange; an ICMP error refuses it."""
+        for _ in range(_READS_PER_WAKEUP):
+            skt = self._socket
+            if skt is None:
+                return
+            try:
+                data = skt.recv(self._size)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.EINTR:
+                    continue
+                exchange = self._exchange
+                self.close()
+                if exchange is not None:
+                    exchange.refused()
+                return
+            exchange = self._exchange
+            if exchange is None:
+                return
+            exchange.udp_datagram(data, self._source)
+
+    def connectionLost(self, reason) -> None:
+        """The reactor gave the descriptor up (it is shutting down): the exchange is refused."""
+        exchange = self._exchange
+        self.close()
+        if exchange is not None:
+            exchange.refused()
+
+
 class FreshSockets:
     """A fresh connected socket for every exchange (see the module docstring)."""
 
-    def __init__(self, reactor, size: int):
+    def __init__(self, reactor, size: int, ids):
+        self._reactor = reactor
+        self._bare = isinstance(reactor, PosixReactorBase)
         self._open = udp_opener(reactor)
         self._size = size
+        self._ids = ids
 
-    def open(self, exchange, address) -> _FreshChannel:
+    def open(self, exchange, address):
         """A channel for ``exchange`` to ``address``; raises when no socket can be had."""
-        channel = _FreshChannel(exchange)
+        if self._bare:
+            return _BareChannel(self._reactor, exchange, address, self._size, self._ids)
+        channel = _FreshChannel(exchange, self._ids)
         channel._port = self._open(channel, address, self._size)
         return channel
 
@@ -236,8 +324,9 @@ class _PooledChannel:
     def new_id(self) -> int:
         """A random ID not in use on this socket (raises OSError when none is found)."""
         ids = self._socket.ids
+        random_id = self._socket._pool._ids
         for _ in range(_ID_TRIES):
-            query_id = secrets.randbits(16)
+            query_id = random_id()
             if query_id not in ids:
                 return query_id
         raise OSError("no free query ID on a pooled upstream socket")
@@ -268,8 +357,9 @@ class _PooledChannel:
 class SocketPool:
     """Up to ``settings.sockets`` connected sockets per upstream, renewed (see the module docstring)."""
 
-    def __init__(self, reactor, size: int, settings: SocketPoolSettings, on_stray=lambda: None):
+    def __init__(self, reactor, size: int, settings: SocketPoolSettings, ids, on_stray=lambda: None):
         self._reactor = reactor
+        self._ids = ids
         self._open_port = udp_opener(reactor)
         self._size = size
         self._settings = settings

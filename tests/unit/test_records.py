@@ -77,8 +77,9 @@ class AgreementTests(SynchronousTestCase):
     def test_same_records(self, qname, answer, authority, additional, edns):
         """Every record (OPT aside), its owner, TTL and rdata (names uncompressed) match twisted.names'."""
         msg = render(qname, answer, authority, additional, edns)
-        wire.scan_response(msg)
+        layout = wire.scan_response(msg)
         reply = records.read_reply(msg)
+        self.assertEqual(records.read_response(msg), (layout, reply))
         self.assertEqual(wire_to_dotted(reply.qname), qname.rstrip(".").encode())
         self.assertEqual([decoded(r) for r in reply.records], twisted_records(msg))
         self.assertFalse(reply.dotted)
@@ -100,10 +101,17 @@ class AgreementTests(SynchronousTestCase):
             damaged[at] = data.draw(st.integers(0, 255))
         damaged = bytes(damaged)
         try:
-            wire.scan_response(damaged)
-            reply = records.read_reply(damaged)
+            both = (wire.scan_response(damaged), records.read_reply(damaged))
         except ValueError:
+            both = None
+        try:
+            one_pass = records.read_response(damaged)
+        except ValueError:
+            one_pass = None
+        self.assertEqual(one_pass, both, "the one-pass reader and the two readers disagree")
+        if both is None:
             return
+        reply = both[1]
         try:
             theirs = twisted_records(damaged)
         except Exception:
@@ -117,6 +125,8 @@ class AgreementTests(SynchronousTestCase):
         struct.pack_into("!HHH", msg, 6, 2, 0, 0)
         with self.assertRaises(ValueError):
             wire.scan_response(bytes(msg))
+        with self.assertRaises(ValueError):
+            records.read_response(bytes(msg))
 
     def test_sections_and_top_bit_ttl(self):
         """Records carry their section, and a TTL with the top bit set reads as 0."""

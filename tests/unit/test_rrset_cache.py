@@ -121,10 +121,21 @@ class PositiveTests(SynchronousTestCase):
 class RankTests(SynchronousTestCase):
     """Answer > authority > additional (RFC 2181 section 5.4.1)."""
 
-    def test_additional_does_not_answer(self):
-        """An A record learnt from the additional section is not served as an answer."""
+    def test_authority_and_additional_not_learnt(self):
+        """
+        The authority and additional sections' RRsets (NS, glue) are not
+        stored at all: a forwarder's L2 answers only from answer-rank data.
+        """
         cache, _ = make()
-        store(cache, ZONE, dns.NS, answers=[ns(ZONE, b"ns1.example.com")], additional=[a(b"ns1.example.com", "192.0.2.53")])
+        store(cache, ZONE, dns.NS, answers=[ns(ZONE, b"ns1.example.com")],
+              authority=[ns(b"example.com", b"ns2.example.com")], additional=[a(b"ns1.example.com", "192.0.2.53")])
+        self.assertIsNone(cache.get(b"ns1.example.com", dns.A, min_rank=Rank.ADDITIONAL))
+        self.assertEqual(cache.stats().entries, 1)
+
+    def test_inserted_lower_rank_does_not_answer(self):
+        """An RRset inserted at additional rank is kept but not served as an answer."""
+        cache, _ = make()
+        cache.insert_rrset(b"ns1.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.53")], 300, rank=Rank.ADDITIONAL)
         self.assertIsNone(cache.get(b"ns1.example.com", dns.A))
         glue = cache.get(b"ns1.example.com", dns.A, min_rank=Rank.ADDITIONAL)
         self.assertEqual(addresses(glue), ["192.0.2.53"])
@@ -162,7 +173,7 @@ class RankTests(SynchronousTestCase):
         cache, clock = make()
         store(cache, b"ns1.example.com", answers=[a(b"ns1.example.com", "192.0.2.1", 10)])
         clock.advance(10)
-        store(cache, ZONE, dns.NS, answers=[ns(ZONE, b"ns1.example.com")], additional=[a(b"ns1.example.com", "192.0.2.99")])
+        cache.insert_rrset(b"ns1.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.99")], 300, rank=Rank.ADDITIONAL)
         glue = cache.get(b"ns1.example.com", dns.A, min_rank=Rank.ADDITIONAL)
         self.assertEqual(addresses(glue), ["192.0.2.99"])
 
@@ -475,8 +486,9 @@ class FlushTests(SynchronousTestCase):
     def test_subtree(self):
         """flush(name, subtree=True) removes the name and every name below it, not look-alikes."""
         removed = self.cache.flush(b"example.com", subtree=True)
-        # A and AAAA of three names, the NXDOMAIN, and the SOA from its authority section.
-        self.assertEqual(removed, 8)
+        # A and AAAA of three names and the NXDOMAIN (the SOA of its
+        # authority section lives in the negative entry, not as an RRset).
+        self.assertEqual(removed, 7)
         self.assertEqual({name for name, _ in self.left()}, {b"example.net", b"notexample.com"})
 
     def test_root_subtree(self):

@@ -273,8 +273,8 @@ class StoreTests(StoreTestCase):
 class RankTests(StoreTestCase):
     """Only answer-rank data goes to Redis, so lower rank never replaces higher there."""
 
-    def test_glue_and_authority_stay_local(self):
-        """Authority and additional records fill the local cache only."""
+    def test_glue_and_authority_not_cached(self):
+        """Authority and additional records fill neither Redis nor the local cache."""
         self.worker.reply(
             b"example.com", dns.MX,
             answers=[dns.RRHeader(b"example.com", dns.MX, dns.IN, 300, dns.Record_MX(10, b"mx.example.com"))],
@@ -282,7 +282,7 @@ class RankTests(StoreTestCase):
             additional=[a(b"mx.example.com", "192.0.2.25")],
         )
         self.assertEqual(self.server.live_keys(), [b"dns:rr:{example.com}:15:1"])
-        self.assertIsNotNone(self.worker.local.get(b"mx.example.com", dns.A, min_rank=Rank.ADDITIONAL))
+        self.assertIsNone(self.worker.local.get(b"mx.example.com", dns.A, min_rank=Rank.ADDITIONAL))
 
     def test_glue_does_not_replace_answer(self):
         """A later reply's glue for a name does not overwrite its answer in Redis."""

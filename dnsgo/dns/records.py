@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from twisted.names import dns
 
-from dnsgo.dns.wire import TYPE_OPT, ResponseLayout, label_has_dot, read_name
+from dnsgo.dns.wire import TYPE_OPT, ResponseLayout, label_has_dot, label_offsets, read_name, read_name_memo
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -144,10 +144,13 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
     if qdcount > 1:
         raise ValueError("more than one question")
+    memo: dict = {}  # offset -> the name there, for the pointers of later names
     if qdcount:
         qname, pos = read_name(msg, 12)
         if pos + 4 > n:
             raise ValueError("truncated question")
+        if pos == 12 + len(qname):  # not compressed: each of its labels is a suffix pointers can name
+            memo.update(label_offsets(qname, 12))
         qtype, qclass = _U16X2.unpack_from(msg, pos)
         pos += 4
     else:  # an error reply may leave the question out
@@ -165,7 +168,7 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     first_additional = ancount + nscount
     for index in range(first_additional + arcount):
         start_rr = pos
-        owner, pos = read_name(msg, pos)
+        owner, pos = read_name_memo(msg, pos, memo)
         if pos + 10 > n:
             raise ValueError("truncated resource record")
         rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
@@ -195,7 +198,7 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
                 raise ValueError(f"rdata of type {rtype} has {rdlength} bytes")
             rdata = msg[start:end]
         else:
-            rdata, names_dotted = _expand_rdata(msg, start, end, steps)
+            rdata, names_dotted = _expand_rdata(msg, start, end, steps, memo)
             dotted = dotted or names_dotted
         dotted = dotted or label_has_dot(owner)
         section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
@@ -210,14 +213,17 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     return layout, ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
 
 
-def _expand_rdata(msg: bytes, start: int, end: int, steps) -> tuple[bytes, bool]:
-    """The rdata between ``start`` and ``end`` with its names uncompressed, and whether one has a dotted label."""
+def _expand_rdata(msg: bytes, start: int, end: int, steps, memo: dict | None = None) -> tuple[bytes, bool]:
+    """
+    The rdata between ``start`` and ``end`` with its names uncompressed, and
+    whether one has a dotted label (``memo``: see :func:`dnsgo.dns.wire.read_name_memo`).
+    """
     parts = []
     dotted = False
     at = start
     for step in steps:
         if step == "n":
-            name, at = read_name(msg, at)
+            name, at = read_name(msg, at) if memo is None else read_name_memo(msg, at, memo)
             dotted = dotted or label_has_dot(name)
             parts.append(name)
         elif step == "s":

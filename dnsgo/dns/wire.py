@@ -444,6 +444,72 @@ def read_name(msg: bytes, pos: int) -> tuple[bytes, int]:
             raise ValueError("unknown label type 0x%02x" % length)
 
 
+def read_name_memo(msg: bytes, pos: int, memo: dict) -> tuple[bytes, int]:
+    """
+    :func:`read_name` for a walk over one message that reads many names:
+    ``memo`` maps offsets where a name was already read whole (and, for the
+    first name, each of its label starts) to the expanded name there, so a
+    compression pointer to one of them ends the walk at once.  The checks
+    are :func:`read_name`'s: only earlier offsets are ever in ``memo``, and
+    the expanded name must fit in 255 bytes.  The name read is added.
+    """
+    if pos >= len(msg):
+        raise ValueError("name runs past the end of the message")
+    first = msg[pos]
+    if first >= 0xC0 and pos + 1 < len(msg):
+        known = memo.get(((first & 0x3F) << 8) | msg[pos + 1])
+        if known is not None:
+            return known, pos + 2
+    n = len(msg)
+    start = pos
+    after = -1
+    limit = pos
+    parts = []
+    total = 0
+    while True:
+        if pos >= n:
+            raise ValueError("name runs past the end of the message")
+        length = msg[pos]
+        if length == 0:
+            parts.append(b"\x00")
+            end = after if after >= 0 else pos + 1
+            break
+        if length < 64:
+            total += length + 1
+            if total > 254:
+                raise ValueError("name longer than 255 bytes")
+            if pos + 1 + length > n:
+                raise ValueError("label runs past the end of the message")
+            parts.append(msg[pos : pos + 1 + length])
+            pos += length + 1
+        elif length >= 0xC0:
+            if after < 0:
+                after = pos + 2
+            limit = pos = _pointer_target(msg, pos, n, limit)
+            known = memo.get(pos)
+            if known is not None:
+                if total + len(known) - 1 > 254:
+                    raise ValueError("name longer than 255 bytes")
+                parts.append(known)
+                end = after
+                break
+        else:
+            raise ValueError("unknown label type 0x%02x" % length)
+    name = b"".join(parts)
+    memo[start] = name
+    return name, end
+
+
+def label_offsets(name: bytes, at: int) -> list[tuple[int, bytes]]:
+    """(offset, suffix) of each label start of the uncompressed ``name`` found at offset ``at``."""
+    out = []
+    pos = 0
+    while name[pos]:
+        out.append((at + pos, name[pos:]))
+        pos += name[pos] + 1
+    return out
+
+
 def parse_question(msg: bytes) -> tuple[bytes, int, int, int]:
     """
     Return ``(qname, qtype, qclass, question_end)`` of a message with one

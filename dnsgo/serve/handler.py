@@ -90,8 +90,13 @@ class QueryHandler:
         self.stats = QueryStats()
         self._parsed: dict[bytes, wire.QueryInfo] = {}
 
-    def handle(self, data: bytes, client: str, tcp: bool = False):
-        """Answer ``data`` from ``client`` (an IP string)."""
+    def handle(self, data: bytes, client: str, tcp: bool = False, respond=None):
+        """
+        Answer ``data`` from ``client`` (an IP string).  With ``respond``, a
+        miss calls ``respond(reply)`` when it is answered (and ``handle``
+        returns None for it) instead of returning a Deferred: the UDP
+        listener's miss path makes no Deferred at all.
+        """
         started = perf_counter()
         # Clients repeat the same query bytes but for the ID, and validity
         # does not depend on the ID: a parsed, ordinary query is remembered
@@ -104,7 +109,7 @@ class QueryHandler:
             if hit is not None:
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
             q = q._replace(id=(data[0] << 8) | data[1])
-            return self._miss(q, tcp, started)
+            return self._miss(q, tcp, started, respond)
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
@@ -130,21 +135,28 @@ class QueryHandler:
                     parsed.clear()
                 parsed[data[2:]] = q
                 return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
-        return self._miss(q, tcp, started)
+        return self._miss(q, tcp, started, respond)
 
     def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
         self.stats.record(reply[3] & 0xF, qtype, tcp, perf_counter() - started)
         return reply
 
-    def _miss(self, q: wire.QueryInfo, tcp: bool, started: float) -> defer.Deferred:
+    def _miss(self, q: wire.QueryInfo, tcp: bool, started: float, respond=None):
         if self._stale is not None:
             resolved = self._resolve(q, self._resolver)
             resolved.addCallback(self._remember, q)
-            return self._race_stale(resolved, q, tcp).addCallback(self._counted, q.qtype, tcp, started)
-        # One Deferred per miss, fired with the client's reply: the resolver
-        # calls back once, and the L1 write and the reply's last touches
-        # happen in that one call.
-        d = defer.Deferred()
+            d = self._race_stale(resolved, q, tcp).addCallback(self._counted, q.qtype, tcp, started)
+            if respond is None:
+                return d
+            d.addCallbacks(respond, lambda failure: self._respond_failed(failure, q, respond))
+            return None
+        # The resolver calls back once; the L1 write and the reply's last
+        # touches happen in that one call, which hands the reply to
+        # ``respond`` or fires the one Deferred of this miss.
+        d = None
+        if respond is None:
+            d = defer.Deferred()
+            respond = d.callback
 
         def done(result) -> None:
             try:
@@ -152,12 +164,20 @@ class QueryHandler:
                 self._remember(outcome, q)
                 reply = self._counted(self._finish(outcome[0], q, tcp), q.qtype, tcp, started)
             except Exception:
-                d.errback()  # the listener answers SERVFAIL and logs it
+                if d is not None:
+                    d.errback()  # the listener answers SERVFAIL and logs it
+                else:
+                    self._respond_failed(Failure(), q, respond)
                 return
-            d.callback(reply)
+            respond(reply)
 
         self._ask(q, self._resolver, done)
         return d
+
+    def _respond_failed(self, failure, q: wire.QueryInfo, respond) -> None:
+        """An unexpected error on the miss path: log it and answer SERVFAIL."""
+        self.log.failure("unexpected error answering {name}", failure, name=wire.name_to_text(q.qname))
+        respond(wire.error_reply(q, wire.SERVFAIL))
 
     def _race_stale(self, resolved: defer.Deferred, q, tcp: bool) -> defer.Deferred:
         """

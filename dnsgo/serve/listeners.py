@@ -44,7 +44,7 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
 
     def datagramReceived(self, data: bytes, addr) -> None:
         try:
-            reply = self._handler.handle(data, addr[0])
+            reply = self._handler.handle(data, addr[0], respond=lambda reply: self._send(reply, addr))
         except Exception:
             self.log.failure("unexpected error answering {addr}", addr=addr)
             reply = self._handler.servfail(data)

@@ -440,6 +440,11 @@ class _Resolution:
     and fires the callers' Deferreds.
     """
 
+    __slots__ = (
+        "pool", "question", "template", "deadline", "_key", "started", "waiters", "_exchanges", "_excluded",
+        "_current", "_timer", "_last_unusable", "_starting", "_done",
+    )
+
     def __init__(self, pool: UpstreamPool, question: _Question, template: bytes, key: tuple):
         self.pool = pool
         self.question = question
@@ -574,6 +579,12 @@ class _Exchange:
     one socket (a new ID each), then TCP if a reply is truncated or after
     ``tcp_fallback_after`` losses in a row.
     """
+
+    __slots__ = (
+        "resolution", "pool", "server", "address", "state", "_channel", "_query_id", "_retired", "_sent_at", "_rto",
+        "_lost", "_losses", "_transmissions", "_timer", "_connecting", "_tcp", "_sample_rtt", "_socket_wait",
+        "_socket_waits",
+    )
 
     def __init__(self, resolution: _Resolution, server: Server):
         self.resolution = resolution

@@ -57,9 +57,12 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
 
 
 def measure(server, port: int, queries: Path, seconds: float, rate: int, outdir: Path, label: str,
-            client_cpu: int, profile: bool) -> tuple[float, float]:
-    """Run dnsperf at ``rate`` for ``seconds``; return (answered q/s, CPU µs per answered query)."""
-    load = dnsperf.Load(clients=10, outstanding=200, seconds=seconds, passes=1, max_qps=rate)
+            client_cpu: int, profile: bool, passes: int | None) -> tuple[float, float]:
+    """
+    Run dnsperf at ``rate`` for ``seconds`` (over the file at most
+    ``passes`` times: None loops); return (answered q/s, CPU µs per answered query).
+    """
+    load = dnsperf.Load(clients=10, outstanding=200, seconds=seconds, passes=passes, max_qps=rate)
     spy = None
     if profile and pyspy.available():
         folded = outdir / f"{server.name}-{label}.pyspy.txt"
@@ -121,10 +124,10 @@ def main() -> None:
             workload.write_queries(miss_file, workload.miss_names(layout, index))
             rows[name] = {}
             rows[name]["miss"] = measure(process, port, miss_file, args.seconds, args.rate, outdir, "miss",
-                                         args.client_cpu, args.profile)
+                                         args.client_cpu, args.profile, passes=1)
             dnsperf.run(port, hit_file, dnsperf.Load(passes=1), outdir / f"{name}-warm.txt", args.client_cpu, 60)
             rows[name]["hit"] = measure(process, port, hit_file, args.seconds, args.hit_rate, outdir, "hit",
-                                        args.client_cpu, args.profile)
+                                        args.client_cpu, args.profile, passes=None)
             process.stop()
     lines = ["| scenario | " + " | ".join(f"{n} q/s | {n} µs CPU/query" for n in names) + " | ratio of CPU |",
              "|---|" + "---:|---:|" * len(names) + "---:|"]

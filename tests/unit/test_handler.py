@@ -214,3 +214,37 @@ class ParsedQueryMemoTests(unittest.TestCase):
         if isinstance(first, defer.Deferred):
             self.successResultOf(first)
         self.assertEqual(rcode_of(h.handle(data, "10.1.2.3")), dns.rcode.REFUSED)
+
+
+class RespondTests(unittest.TestCase):
+    """handle(..., respond=...): the UDP listener's miss path, without a Deferred."""
+
+    def test_miss_answers_through_respond(self):
+        """A miss returns None and hands the reply to respond() when the resolver answers."""
+        pending = defer.Deferred()
+        h = handler_for(_Resolver(lambda q: pending))
+        replies = []
+        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=replies.append))
+        self.assertEqual(replies, [])
+        pending.callback(([tdns.RRHeader(b"www.example.test", payload=tdns.Record_A("192.0.2.7"))], [], []))
+        [reply] = replies
+        message = dns.message.from_wire(reply)
+        self.assertEqual(message.answer[0][0].address, "192.0.2.7")
+
+    def test_error_while_finishing_answers_servfail(self):
+        """An unexpected error after the resolver answered still answers SERVFAIL through respond(), and is logged."""
+        h = handler_for(_Resolver(([], [], [])))
+        h._finish = lambda *args, **kwargs: 1 / 0
+        replies = []
+        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=replies.append))
+        [reply] = replies
+        self.assertEqual(rcode_of(reply), dns.rcode.SERVFAIL)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_hits_and_refusals_still_returned(self):
+        """Replies ready at once (here a REFUSED) are returned, and respond() is not called."""
+        h = handler_for(_Resolver(([], [], [])), allow=("10.0.0.0/8",))
+        replies = []
+        reply = h.handle(query_bytes(), "127.0.0.1", respond=replies.append)
+        self.assertEqual(rcode_of(reply), dns.rcode.REFUSED)
+        self.assertEqual(replies, [])

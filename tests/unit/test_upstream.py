@@ -1138,3 +1138,87 @@ class RealSocketTests(TestCase):
         reply = yield pool.query(QNAME, dns.A)
         self.assertEqual(reply.server, good.address)
         self.assertEqual((pool.stats.refused, pool.stats.timeouts), (1, 0))
+
+
+class AskTests(SynchronousTestCase):
+    """UpstreamPool.ask: the miss path's plain-callback form of query()."""
+
+    def test_ask_and_query_share_one_resolution(self):
+        """An ask() and a query() for the same question share one upstream query and get the same reply."""
+        fake, _, pool = fake_pool()
+        asked = []
+        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
+        queried = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        self.assertEqual(len(port.written), 1)
+        port.deliver(reply_to(decode(port.written[0])))
+        self.assertEqual(len(asked), 1)
+        self.assertIs(asked[0], queried[0])
+        self.assertEqual(address_of(asked[0]), ANSWER_ADDRESS)
+        self.assertEqual((pool.stats.queries, pool.stats.coalesced), (2, 1))
+
+    def test_ask_timeout_is_an_exception_value(self):
+        """When the budget runs out, done() gets the UpstreamTimeout itself, once."""
+        fake, _, pool = fake_pool(timeout=1.0, retries=0)
+        asked = []
+        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
+        fake.advance(5)
+        [outcome] = asked
+        self.assertIsInstance(outcome, UpstreamTimeout)
+        self.assertEqual(fake.getDelayedCalls(), [])
+
+    def test_ask_malformed_name(self):
+        """A malformed question name gives done() a ValueError at once; nothing is sent."""
+        fake, _, pool = fake_pool()
+        asked = []
+        pool.ask(b"\x05ab", dns.A, dns.IN, False, False, asked.append)
+        [outcome] = asked
+        self.assertIsInstance(outcome, ValueError)
+        self.assertEqual(fake.udp_ports, [])
+
+    def test_failing_caller_does_not_stop_the_others(self):
+        """A done() that raises is logged; the other callers of the same question still get the reply."""
+        fake, _, pool = fake_pool()
+        pool.ask(QNAME, dns.A, dns.IN, False, False, lambda reply: 1 / 0)
+        queried = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        port.deliver(reply_to(decode(port.written[0])))
+        self.assertEqual(address_of(queried[0]), ANSWER_ADDRESS)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class QueryIdTests(SynchronousTestCase):
+    """dnsgo.upstream.ids: random IDs drawn from os.urandom in chunks."""
+
+    def test_ids_cover_the_range_and_refill(self):
+        """More IDs than one chunk holds come out, all 16-bit, spread over the whole range."""
+        from dnsgo.upstream.ids import CHUNK, QueryIds
+
+        ids = QueryIds()
+        drawn = [ids() for _ in range(CHUNK)]  # two chunks' worth of IDs (2 bytes each)
+        self.assertTrue(all(0 <= i < 65536 for i in drawn))
+        self.assertGreater(len(set(drawn)), CHUNK * 0.9)
+        self.assertLess(min(drawn), 4096)
+        self.assertGreater(max(drawn), 65536 - 4096)
+
+    def test_forked_child_draws_anew(self):
+        """After a fork the child does not hand out the IDs its parent had already drawn."""
+        import json
+        import os
+
+        from dnsgo.upstream.ids import QueryIds
+
+        ids = QueryIds()
+        ids()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: its next 8 IDs
+            os.close(read)
+            os.write(write, json.dumps([ids() for _ in range(8)]).encode())
+            os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as pipe:
+            child = json.loads(pipe.read())
+        os.waitpid(pid, 0)
+        parent = [ids() for _ in range(8)]
+        self.assertNotEqual(child, parent)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -146,5 +147,14 @@ def main() -> None:
     print(f"(saved in {outdir})")
 
 
+def run() -> None:
+    """:func:`main`, then remove the temporary work directories it made."""
+    try:
+        main()
+    finally:
+        for leftover in Path(tempfile.gettempdir()).glob("dnsgo-cpuq-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    main()
+    run()

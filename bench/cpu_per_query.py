@@ -97,11 +97,19 @@ def main() -> None:
     args = parser.parse_args()
     names = args.server or ["dnsgo", "unbound"]
     servers.DNSGO_UPSTREAM_EXTRA[:] = args.dnsgo_upstream
-    kinds = {kind.name: kind for kind in servers.SERVERS}
     sizes = workload.Sizes(hit_names=2000, cname_every=10**9, zipf_names=0, zipf_queries=0,
                            zipf_exponent=1.0, miss_names=args.names)
     layout = workload.Layout(sizes, servers=len(names))
     workdir = Path(tempfile.mkdtemp(prefix="dnsgo-cpuq-"))
+    try:
+        measure_all(args, names, layout, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure_all(args, names: list[str], layout, workdir: Path) -> None:
+    """Start NSD and each server in ``workdir``, measure, print and save the table."""
+    kinds = {kind.name: kind for kind in servers.SERVERS}
     outdir = Path(__file__).resolve().parent / "results" / (time.strftime("%Y%m%d-%H%M%S") + "-cpu")
     outdir.mkdir(parents=True, exist_ok=True)
     zone = workdir / "bench.zone"
@@ -147,14 +155,5 @@ def main() -> None:
     print(f"(saved in {outdir})")
 
 
-def run() -> None:
-    """:func:`main`, then remove the temporary work directories it made."""
-    try:
-        main()
-    finally:
-        for leftover in Path(tempfile.gettempdir()).glob("dnsgo-cpuq-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    run()
+    main()

@@ -115,6 +115,7 @@ from twisted.python import log
 
 from dnsgo.dns import wire
 from dnsgo.dns.records import ReadReply, read_response
+from dnsgo.upstream.deadlines import Deadlines
 from dnsgo.upstream.ids import QueryIds
 from dnsgo.upstream.infra import InfraCache, Server
 from dnsgo.upstream.sockets import FreshSockets, SocketPool, SocketPoolSettings
@@ -315,6 +316,7 @@ class UpstreamPool:
         self._no_socket_logged = float("-inf")
         size = max(8192, udp_size)
         self._ids = QueryIds()
+        self._deadlines = Deadlines(reactor)
         if socket_pool is None:
             self._sockets = FreshSockets(reactor, size, self._ids)
         else:
@@ -471,7 +473,7 @@ class _Resolution:
     def start(self) -> None:
         """Arm the budget and make the first transmission."""
         self.started = True
-        self._timer = self.pool._reactor.callLater(self.pool._budget, self._expire)
+        self._timer = self.pool._deadlines.call_later(self.pool._budget, self._expire)
         self._next_try()
 
     def remaining(self) -> float:
@@ -631,7 +633,7 @@ class _Exchange:
             self._sample_rtt = None  # a TCP exchange is no UDP round trip
             self._start_tcp_leg()
             return
-        self._timer = pool._reactor.callLater(min(rto, pool._timeout, remaining), self._expired)
+        self._timer = pool._deadlines.call_later(min(rto, pool._timeout, remaining), self._expired)
         self._send()
 
     def _send(self) -> None:
@@ -837,7 +839,7 @@ class _Exchange:
         """Ask over TCP (state is already _TCP), waiting ``min(timeout, time left)``."""
         pool = self.pool
         wait = max(0.0, min(pool._timeout, self.resolution.remaining()))
-        self._timer = pool._reactor.callLater(wait, self._expired)
+        self._timer = pool._deadlines.call_later(wait, self._expired)
         self._connect_tcp()
 
     def _connect_tcp(self) -> None:

@@ -1222,3 +1222,61 @@ class QueryIdTests(SynchronousTestCase):
         os.waitpid(pid, 0)
         parent = [ids() for _ in range(8)]
         self.assertNotEqual(child, parent)
+
+
+class DeadlinesTests(SynchronousTestCase):
+    """dnsgo.upstream.deadlines: many deadlines on one reactor timer, each firing at its own time."""
+
+    def setUp(self):
+        from dnsgo.upstream.deadlines import Deadlines
+
+        self.clock = task.Clock()
+        self.deadlines = Deadlines(self.clock)
+        self.fired = []
+
+    def arm(self, delay, label):
+        return self.deadlines.call_later(delay, lambda: self.fired.append((label, self.clock.seconds())))
+
+    def test_each_fires_at_its_time_on_one_timer(self):
+        """Deadlines armed in any order fire in time order, each at its own time, with one reactor timer."""
+        self.arm(0.3, "c")
+        self.arm(0.1, "a")
+        self.arm(0.2, "b")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.1 - 1e-6)
+        self.assertEqual(self.fired, [])
+        self.clock.pump([1e-6, 0.1, 0.1])
+        self.assertEqual([label for label, _ in self.fired], ["a", "b", "c"])
+        for (label, at), expected in zip(self.fired, (0.1, 0.2, 0.3)):
+            self.assertAlmostEqual(at, expected)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_cancelled_never_fire_and_idle_leaves_no_timer(self):
+        """A cancelled deadline does not fire; with none live, no delayed call is left."""
+        a = self.arm(0.1, "a")
+        b = self.arm(0.2, "b")
+        a.cancel()
+        self.assertFalse(a.active())
+        self.assertTrue(b.active())
+        b.cancel()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(1)
+        self.assertEqual(self.fired, [])
+
+    def test_earlier_deadline_moves_the_timer(self):
+        """A deadline earlier than every armed one fires on time."""
+        self.arm(1.0, "late")
+        self.arm(0.05, "early")
+        self.clock.advance(0.05)
+        self.assertEqual([label for label, _ in self.fired], ["early"])
+
+    def test_callback_arming_later_deadline_keeps_earlier_ones(self):
+        """A firing callback that arms a later deadline does not delay the earlier ones still waiting."""
+        self.deadlines.call_later(0.1, lambda: self.arm(1.0, "from-callback"))
+        self.arm(0.2, "waiting")
+        self.clock.advance(0.1)
+        self.clock.advance(0.1)
+        self.assertEqual([label for label, _ in self.fired], ["waiting"])
+        self.clock.advance(0.9)
+        self.assertEqual([label for label, _ in self.fired], ["waiting", "from-callback"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])

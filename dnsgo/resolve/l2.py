@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from twisted.names import common, dns, error
 from zope.interface import implementer
 
-from dnsgo.cache.rrset import RRSIG, RRsetCache, learn_from_wire
+from dnsgo.cache.rrset import RRSIG, RRsetCache, learn_from_wire, normalize_name
 from dnsgo.dns.records import ReadReply
 from dnsgo.resolve.chain import FinalAnswer
 
@@ -94,6 +94,8 @@ class RRsetResolver(common.ResolverBase):
         """The cached answer as a result tuple or a ``FinalAnswer``, or None on a miss."""
         if not answerable(query):
             return None
+        if not self._cache.holds_any(normalize_name(query.name.name), query.type, query.cls):
+            return None  # the common miss: nothing at all for the name, decided in a few lookups
         return assemble(query.name.name, query.type, query.cls, self._step)
 
     def _lookup(self, name, cls, type, timeout):

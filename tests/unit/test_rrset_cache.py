@@ -522,6 +522,10 @@ class BrokenCache(RRsetCache):
         """Fail."""
         raise ZeroDivisionError("boom")
 
+    def holds_any(self, *args, **kwargs):
+        """Fail."""
+        raise ZeroDivisionError("boom")
+
     def store_learned(self, *args, **kwargs):
         """Fail."""
         raise ZeroDivisionError("boom")
@@ -768,6 +772,37 @@ class FillTests(SynchronousTestCase):
         for _ in range(2):
             fill(dns.Query(b"www.example.com"), reply_message([a(b"www.example.com", "192.0.2.1")]))
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class HoldsAnyTests(SynchronousTestCase):
+    """RRsetCache.holds_any: a sure miss in a few lookups, never a false 'nothing here'."""
+
+    def test_what_it_sees(self):
+        """The RRset, a CNAME, a negative entry of the name, or an NXDOMAIN above it: True; otherwise False."""
+        cache, _ = make()
+        self.assertFalse(cache.holds_any(b"www.example.com", dns.A))
+        store(cache, b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1")])
+        self.assertTrue(cache.holds_any(b"www.example.com", dns.A))
+        self.assertFalse(cache.holds_any(b"www.example.com", dns.AAAA))
+        store(cache, b"alias.example.com", answers=[dns.RRHeader(b"alias.example.com", dns.CNAME, ttl=300, payload=dns.Record_CNAME(b"www.example.com"))])
+        self.assertTrue(cache.holds_any(b"alias.example.com", dns.AAAA))
+        store(cache, b"gone.example.com", rcode=dns.ENAME, authority=[soa(ZONE)])
+        self.assertTrue(cache.holds_any(b"gone.example.com", dns.MX))
+        self.assertTrue(cache.holds_any(b"deep.below.gone.example.com", dns.A))
+        self.assertFalse(cache.holds_any(b"other.example.com", dns.A))
+
+    def test_denied_names_rebuilt(self):
+        """The set of NXDOMAIN names is rebuilt from the shards once it outgrows them, keeping the live ones."""
+        cache, clock = make()
+        store(cache, b"kept.example.com", rcode=dns.ENAME, authority=[soa(ZONE)])
+        for i in range(5000):
+            cache.insert_negative(b"n%d.example.com" % i, None, dns.IN, dns.ENAME, soa(ZONE), 1)
+        clock.advance(2)
+        for i in range(5000, 9000):
+            cache.insert_negative(b"n%d.example.com" % i, None, dns.IN, dns.ENAME, soa(ZONE), 1)
+        self.assertLessEqual(len(cache._denied), cache._denied_limit)
+        self.assertTrue(cache.holds_any(b"x.kept.example.com", dns.A))
+        self.assertEqual(cache.get_negative(b"x.kept.example.com", dns.A)[0], dns.ENAME)
 
 
 class WireLearningTests(SynchronousTestCase):

@@ -443,7 +443,7 @@ class _Resolution:
     """
 
     __slots__ = (
-        "pool", "question", "template", "deadline", "_key", "started", "waiters", "_exchanges", "_excluded",
+        "pool", "question", "template", "qname_lower", "question_end", "deadline", "_key", "started", "waiters", "_exchanges", "_excluded",
         "_current", "_timer", "_last_unusable", "_starting", "_done",
     )
 
@@ -451,6 +451,9 @@ class _Resolution:
         self.pool = pool
         self.question = question
         self.template = template  # the query with ID 0: each transmission puts its own ID in
+        # Where the query's question ends, and its name lowercased: what a matching reply carries.
+        self.question_end = 12 + len(question.qname) + 4
+        self.qname_lower = question.lowered
         self.deadline = pool._reactor.seconds() + pool._budget
         self._key = key
         self.started = False
@@ -809,6 +812,13 @@ class _Exchange:
                 return True
             stats.spoofed += 1
             return False
+        resolution = self.resolution
+        end = resolution.question_end
+        if (data[4:6] == b"\x00\x01" and data[12 : end - 4].lower() == resolution.qname_lower
+                and data[end - 4 : end] == resolution.template[end - 4 : end]):
+            # The question section as sent, the name compared without case
+            # (a 0x20-minded upstream echoes it), type and class exactly.
+            return True
         try:
             qname, qtype, qclass, _ = wire.parse_question(data)
         except ValueError:

@@ -1280,3 +1280,30 @@ class DeadlinesTests(SynchronousTestCase):
         self.clock.advance(0.9)
         self.assertEqual([label for label, _ in self.fired], ["waiting", "from-callback"])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class QuestionMatchTests(SynchronousTestCase):
+    """A reply's question must be the query's: name without case, type and class exactly."""
+
+    def reply_bytes(self, query: bytes, qtype: int | None = None, upper: bool = False) -> bytes:
+        """The query turned into an empty NOERROR reply (QR set), its type or name case changed if asked."""
+        data = bytearray(query)
+        data[2] |= 0x80
+        end = 12 + len(QNAME)
+        if upper:
+            data[12:end] = bytes(data[12:end]).upper()
+        if qtype is not None:
+            struct.pack_into("!H", data, end, qtype)
+        return bytes(data)
+
+    def test_type_differing_only_by_case_bits_is_refused(self):
+        """Type 97 against a query of type 65 (0x61 and 0x41: one ASCII case apart) is a spoof, not a match."""
+        fake, _, pool = fake_pool()
+        out = results(pool.query(QNAME, 65))
+        [port] = fake.udp_ports
+        port.deliver(self.reply_bytes(port.written[0], qtype=97))
+        self.assertEqual(out, [])
+        self.assertEqual(pool.stats.spoofed, 1)
+        port.deliver(self.reply_bytes(port.written[0], upper=True))
+        [reply] = out
+        self.assertEqual(reply.wire[12:12 + len(QNAME)], QNAME.upper())

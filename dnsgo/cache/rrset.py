@@ -597,8 +597,12 @@ def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
     the reply's copy of it).
     """
     rcode = reply.rcode
-    if query.type in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
+    qtype = query.type
+    if qtype in _NOT_CACHED_QTYPES or rcode not in (dns.OK, dns.ENAME):
         return []
+    simple = _simple_answer(query, rcode, reply.records)
+    if simple is not None:
+        return simple
     answers = []
     authority = []
     for record in reply.records:
@@ -612,6 +616,38 @@ def learn_from_wire(query, reply: wire_records.ReadReply) -> list:
         query, rcode, _group_wire(answers), _wire_target,
         lambda name, type, cls, rcode: _learn_wire_negative(name, type, cls, rcode, authority),
     )
+
+
+def _simple_answer(query, rcode: int, records) -> list | None:
+    """
+    The common reply's lesson without the general rules' grouping and chain
+    walk: NOERROR whose answer section is one RRset of the question's own
+    name, type and class (no CNAME, no RRSIG).  None when the reply is
+    anything else; :func:`_learn` then applies the rules in full (they give
+    the same result here: one answer-rank RRset, nothing negative).
+    """
+    qname_wire = getattr(query, "qname_wire", None)
+    if rcode != dns.OK or qname_wire is None or not records or records[0].section != wire_records.ANSWER:
+        return None
+    qtype, qcls = query.type, query.cls
+    if qtype == dns.CNAME or qtype == RRSIG:
+        return None
+    owner = records[0].owner
+    lowered = qname_wire.lower()
+    if owner.lower() != lowered:
+        return None
+    payloads = []
+    ttl = None
+    for record in records:
+        if record.section != wire_records.ANSWER:
+            break
+        if record.type != qtype or record.cls != qcls or (record.owner != owner and record.owner.lower() != lowered):
+            return None
+        payloads.append(record.rdata)
+        if ttl is None or record.ttl < ttl:
+            ttl = record.ttl
+    dotted = wire_to_dotted(owner)
+    return [LearnedRRset(normalize_name(dotted), qtype, qcls, dotted, tuple(payloads), ttl, Rank.ANSWER)]
 
 
 def _learn(query, rcode: int, answers: dict, target_of, negative_of) -> list:

@@ -6,6 +6,8 @@ import gc
 import io
 import tracemalloc
 
+from hypothesis import given, settings, strategies as st
+
 from twisted.internet.task import Clock
 from twisted.names import dns, error
 from twisted.trial.unittest import SynchronousTestCase
@@ -894,3 +896,26 @@ class ChainAnswerNowTests(SynchronousTestCase):
         """When every resolver misses at once, the chain fails with DomainError."""
         cache, _ = make()
         self.failureResultOf(Chain([RRsetResolver(cache)]).query(FlaggedQuery.from_name(b"x.example.com")), error.DomainError)
+
+
+class SimpleAnswerTests(SynchronousTestCase):
+    """learn_from_wire's shortcut for a plain answer learns what the full rules learn."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([b"www.example.com", b"WWW.Example.com", b"other.example.com"]),
+                              st.sampled_from(["A", "AAAA", "CNAME"]), st.integers(0, 100000)), max_size=4),
+           st.sampled_from([dns.A, dns.AAAA, dns.CNAME]), st.sampled_from([dns.OK, dns.ENAME]))
+    def test_same_as_full_rules(self, records, qtype, rcode):
+        """With a FlaggedQuery (shortcut allowed) and a plain Query (full rules only), the same lessons."""
+        answers = []
+        for owner, kind, ttl in records:
+            if kind == "A":
+                answers.append(a(owner, "192.0.2.1", ttl))
+            elif kind == "AAAA":
+                answers.append(aaaa(owner, "2001:db8::1", ttl))
+            else:
+                answers.append(cname(owner, b"target.example.com", ttl))
+        reply = reply_message(answers, rcode=rcode, authority=[soa()])
+        flagged = FlaggedQuery.from_name(b"www.example.com", qtype)
+        plain = dns.Query(b"www.example.com", qtype)
+        self.assertEqual(learn_from_wire(flagged, reply), learn_from_wire(plain, reply))

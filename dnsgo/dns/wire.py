@@ -727,6 +727,21 @@ def add_opt(
     )
 
 
+def opt_appender(udp_size: int):
+    """
+    ``append(msg, do)``: :func:`add_opt` without an EDNS error or extended
+    rcode, with the two possible OPT records (DO clear, DO set) built once:
+    the hit path adds one to every EDNS reply.
+    """
+    tails = (_OPT_RR.pack(0, TYPE_OPT, udp_size, 0, 0), _OPT_RR.pack(0, TYPE_OPT, udp_size, _DO, 0))
+    pack = _U16.pack
+
+    def append(msg: bytes, do: bool) -> bytes:
+        return b"".join((msg[:10], pack(((msg[10] << 8) | msg[11]) + 1), msg[12:], tails[1 if do else 0]))
+
+    return append
+
+
 def error_reply(
     query: bytes | QueryInfo | FormatError,
     rcode: int,

@@ -89,6 +89,7 @@ class QueryHandler:
         self.counters: Counter = Counter()
         self.stats = QueryStats()
         self._parsed: dict[bytes, wire.QueryInfo] = {}
+        self._add_opt = wire.opt_appender(edns_udp_size)
 
     def handle(self, data: bytes, client: str, tcp: bool = False, respond=None):
         """
@@ -319,6 +320,8 @@ class QueryHandler:
         if len(body) + opt_size > limit:
             body = wire.truncate(body, 12 + len(q.question))
         if q.edns:
+            if ede is None:
+                return self._add_opt(body, q.do)
             body = wire.add_opt(body, self._edns_udp_size, q.do, ede=ede)
         return body
 

@@ -973,3 +973,15 @@ class RelayBodyTests(SynchronousTestCase):
         bare = struct.pack("!HHHHHH", 9, 0x8000 | dns.rcode.FORMERR, 0, 0, 0, 0)
         out = dns.message.from_wire(wire.relay_body(bare, q, 86400, 3600))
         self.assertEqual((out.id, out.rcode(), out.question[0].name.to_text()), (4242, dns.rcode.FORMERR, "Www.Example."))
+
+
+class OptAppenderTests(SynchronousTestCase):
+    """wire.opt_appender: add_opt's result with the OPT records built once."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(min_size=12, max_size=200), st.booleans(), st.integers(512, 4096))
+    def test_same_as_add_opt(self, msg, do, udp_size):
+        """For any message with room in ARCOUNT, the same bytes as add_opt."""
+        if (msg[10] << 8) | msg[11] == 0xFFFF:
+            msg = msg[:10] + b"\x00\x00" + msg[12:]
+        self.assertEqual(wire.opt_appender(udp_size)(msg, do), wire.add_opt(msg, udp_size, do))

@@ -49,6 +49,12 @@ RECORD_CLASSES = MappingProxyType(
 
 _U32 = struct.Struct("!I")
 
+#: Builds a NamedTuple from a tuple of its fields without the Python-level
+#: ``__new__`` call (as :data:`dnsgo.dns.wire.QueryInfo` is built).
+_new_tuple = tuple.__new__
+
+_DOT = b"."
+
 
 class WireRecord(NamedTuple):
     """
@@ -168,7 +174,17 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     first_additional = ancount + nscount
     for index in range(first_additional + arcount):
         start_rr = pos
-        owner, pos = read_name_memo(msg, pos, memo)
+        owner = None
+        if pos + 1 < n and msg[pos] >= 0xC0:
+            # The usual owner: a pointer to a name already read (and already
+            # checked for dotted labels).
+            owner = memo.get(((msg[pos] & 0x3F) << 8) | msg[pos + 1])
+            if owner is not None:
+                pos += 2
+        if owner is None:
+            owner, pos = read_name_memo(msg, pos, memo)
+            if _DOT in owner:
+                dotted = dotted or label_has_dot(owner)
         if pos + 10 > n:
             raise ValueError("truncated resource record")
         rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
@@ -200,17 +216,16 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
         else:
             rdata, names_dotted = _expand_rdata(msg, start, end, steps, memo)
             dotted = dotted or names_dotted
-        dotted = dotted or label_has_dot(owner)
         section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
-        append(WireRecord(owner, rtype, cls, ttl, rdata, section))
+        append(_new_tuple(WireRecord, (owner, rtype, cls, ttl, rdata, section)))
     if pos != n:
         raise ValueError("bytes after the last record")
     ttls = tuple(ttls)
-    layout = ResponseLayout(
+    layout = _new_tuple(ResponseLayout, (
         question_end, tuple(offsets), ttls, min(ttls) if ttls else None, (ext_rcode << 4) | (flags & 0xF),
         flags, qdcount, ancount, nscount, arcount, opt_offset, opt_length,
-    )
-    return layout, ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
+    ))
+    return layout, _new_tuple(ReadReply, (qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted))
 
 
 def _expand_rdata(msg: bytes, start: int, end: int, steps, memo: dict | None = None) -> tuple[bytes, bool]:

@@ -143,6 +143,7 @@ class QueryInfo(NamedTuple):
 
 
 _new_query_info = tuple.__new__
+_new_layout = tuple.__new__
 
 
 class ResponseLayout(NamedTuple):
@@ -971,12 +972,13 @@ def relay_reply(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
         raise ValueError("the reply's question is not the query's")
     body = b"".join((_ID_FLAGS.pack(query.id, flags), reply[4:12], question, reply[layout.question_end :]))
     offsets = layout.ttl_offsets
-    ttls = list(layout.orig_ttls)
+    out = layout.orig_ttls
+    ttls = list(out)
     rcode = flags & 0xF
     first_authority = layout.ancount
-    if rcode == NXDOMAIN or (rcode == NOERROR and all(
+    if layout.nscount and (rcode == NXDOMAIN or (rcode == NOERROR and all(
         _U16.unpack_from(body, offset - 4)[0] == _TYPE_CNAME for offset in offsets[:first_authority]
-    )):
+    ))):
         for index in range(first_authority, first_authority + layout.nscount):
             offset = offsets[index]
             if _U16.unpack_from(body, offset - 4)[0] != _TYPE_SOA:
@@ -986,14 +988,18 @@ def relay_reply(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
                 raise ValueError("SOA rdata too short")
             minimum = _U32.unpack_from(body, offset + 6 + rdlength - 4)[0]
             ttls[index] = min(ttls[index], minimum, negative_cap)
-    ttls = tuple(ttl if ttl <= max_ttl else max_ttl for ttl in ttls)
-    out = layout.orig_ttls
-    if ttls != out or any(_U32.unpack_from(body, offset)[0] != ttl for offset, ttl in zip(offsets, ttls)):
+    if ttls and max(ttls) > max_ttl:
+        ttls = [ttl if ttl <= max_ttl else max_ttl for ttl in ttls]
+    ttls = tuple(ttls)
+    # A wire TTL differs from its orig_ttls entry only when its top bit was set (read as 0).
+    if ttls != out or (0 in out and any(
+        _U32.unpack_from(body, offset)[0] != ttl for offset, ttl in zip(offsets, ttls)
+    )):
         body = render_ttls(body, offsets, ttls, 0)
     if ttls != out or layout.flags != flags or layout.opt_offset is not None:
-        layout = ResponseLayout(
+        layout = _new_layout(ResponseLayout, (
             layout.question_end, offsets, ttls, min(ttls) if ttls else None, flags & 0xF, flags,
             layout.qdcount, layout.ancount, layout.nscount, layout.arcount - (layout.opt_offset is not None),
             None, 0,
-        )
+        ))
     return body, layout

@@ -98,7 +98,6 @@ The factory of the TCP leg is not ``noisy`` (no "Starting factory" /
 from __future__ import annotations
 
 import errno
-import functools
 import ipaddress
 import struct
 from typing import NamedTuple
@@ -190,8 +189,7 @@ class UpstreamTimeout(defer.TimeoutError):
     """No upstream server gave any reply in ``timeout * (retries + 1)`` seconds."""
 
 
-@attrs.frozen
-class UpstreamReply:
+class UpstreamReply(NamedTuple):
     """
     A reply accepted from an upstream server.
 
@@ -200,10 +198,9 @@ class UpstreamReply:
     records read from those bytes (:func:`dnsgo.dns.records.read_reply`); the
     pool finds both in one pass (:func:`dnsgo.dns.records.read_response`),
     ``rtt`` the seconds from sending the transmission it answers to
-    accepting this reply (for TC=1, including the TCP leg).  ``message``,
-    the reply decoded by twisted.names without the OPT record (hop-by-hop),
-    is decoded only when asked for: the miss path passes the bytes on and
-    never asks.  Shared by every coalesced caller: treat it as read-only.
+    accepting this reply (for TC=1, including the TCP leg).  Shared by every
+    coalesced caller, and immutable.  A ``NamedTuple``, like
+    :class:`~dnsgo.dns.wire.QueryInfo`: one is made per miss.
     """
 
     wire: bytes
@@ -213,9 +210,12 @@ class UpstreamReply:
     rtt: float
     via_tcp: bool
 
-    @functools.cached_property
+    @property
     def message(self) -> dns.Message:
-        """The reply decoded by twisted.names, its OPT record left out."""
+        """
+        The reply decoded by twisted.names, its OPT record left out (decoded
+        on each call: the miss path passes the bytes on and never asks).
+        """
         message = dns.Message()
         message.fromStr(self.wire)
         message.additional = [rr for rr in message.additional if rr.type != dns.OPT]

@@ -78,6 +78,8 @@ from __future__ import annotations
 
 import enum
 import sys
+from typing import NamedTuple
+
 import attrs
 from twisted.names import dns
 
@@ -100,6 +102,8 @@ MAX_FILL_CHAIN = 16
 
 #: The type slot of a name-level NXDOMAIN entry's key (no real type is negative).
 _NAME_LEVEL = -1
+
+_new_tuple = tuple.__new__
 
 #: The set of names with a name-level NXDOMAIN is rebuilt from the shards
 #: once it holds more than max(this, twice the names found last time).
@@ -287,7 +291,8 @@ class RRsetCache:
         if old is not None and old.rank > rank:
             return
         # Kept in wire form, whatever form it came in: decoded on each read.
-        payloads = tuple(p if p.__class__ is bytes else wire_records.rdata_of(p) for p in payloads)
+        if not all(p.__class__ is bytes for p in payloads):
+            payloads = tuple(p if p.__class__ is bytes else wire_records.rdata_of(p) for p in payloads)
         if old.__class__ is CachedRRset and old.rank == rank and old.payloads == payloads and old.owner == owner:
             # The same RRset again (the zone's NS and glue ride along with
             # every answer): renew it where it is, when that lasts longer.
@@ -535,13 +540,13 @@ class RRsetCache:
         self._shards[index].pop(key)
 
 
-@attrs.frozen
-class LearnedRRset:
+class LearnedRRset(NamedTuple):
     """
     An RRset an upstream reply teaches: its key (``name`` lowercased without
     the trailing dot), the owner as received, the payloads, the lowest
     member TTL as RFC 2181 reads it (not yet bounded by any cache's
     ``min_ttl``/``max_ttl``), and the rank of the section it came from.
+    A ``NamedTuple`` (immutable, and cheap to build: one per miss).
     """
 
     name: bytes
@@ -647,7 +652,7 @@ def _simple_answer(query, rcode: int, records) -> list | None:
         if ttl is None or record.ttl < ttl:
             ttl = record.ttl
     dotted = wire_to_dotted(owner)
-    return [LearnedRRset(normalize_name(dotted), qtype, qcls, dotted, tuple(payloads), ttl, Rank.ANSWER)]
+    return [_new_tuple(LearnedRRset, (normalize_name(dotted), qtype, qcls, dotted, tuple(payloads), ttl, Rank.ANSWER))]
 
 
 def _learn(query, rcode: int, answers: dict, target_of, negative_of) -> list:

@@ -296,7 +296,7 @@ class MessageCache:
             or flags & _FLAG_TC
             or layout.qdcount != 1
             or layout.question_end != end
-            or body[12:end].lower() != question.lower()
+            or (body[12:end] != question and body[12:end].lower() != question.lower())
         ):
             return False
         ttls = _cache_ttls(body, layout, self._min_ttl, self._max_ttl, self._negative_cap)
@@ -449,6 +449,8 @@ def _cache_ttls(body: bytes, layout: wire.ResponseLayout, min_ttl: int, max_ttl:
         return None
     rcode = layout.rcode
     if rcode == wire.NOERROR and layout.ancount:
+        if min_ttl <= layout.min_ttl and max(ttls) <= max_ttl:
+            return ttls  # within the bounds already (the usual case)
         return tuple(min_ttl if t < min_ttl else max_ttl if t > max_ttl else t for t in ttls)
     if rcode not in (wire.NOERROR, wire.NXDOMAIN):
         return None

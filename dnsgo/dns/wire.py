@@ -628,8 +628,10 @@ def ttl_map(ttl_offsets, ttls) -> bytes:
     a record (the offset, then the TTL): the compact form an L1 entry keeps
     instead of two tuples of int objects.
     """
+    if len(ttl_offsets) == 1:
+        return _TTL_PAIR.pack(ttl_offsets[0], ttls[0])
     pack = _TTL_PAIR.pack
-    return b"".join(pack(offset, ttl) for offset, ttl in zip(ttl_offsets, ttls))
+    return b"".join([pack(offset, ttl) for offset, ttl in zip(ttl_offsets, ttls)])
 
 
 def render_ttl_map(msg: bytes | bytearray, packed: bytes, elapsed: int) -> bytes:

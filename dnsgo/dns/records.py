@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from twisted.names import dns
 
-from dnsgo.dns.wire import TYPE_OPT, ResponseLayout, label_has_dot, label_offsets, read_name, read_name_memo
+from dnsgo.dns.wire import TYPE_OPT, ResponseLayout, check_opt_place, label_has_dot, label_offsets, read_name
 
 _HEADER = struct.Struct("!HHHHHH")
 _RR_FIXED = struct.Struct("!HHIH")
@@ -53,8 +53,6 @@ _U32 = struct.Struct("!I")
 #: ``__new__`` call (as :data:`dnsgo.dns.wire.QueryInfo` is built).
 _new_tuple = tuple.__new__
 
-_DOT = b"."
-
 
 class WireRecord(NamedTuple):
     """
@@ -87,62 +85,20 @@ class ReadReply(NamedTuple):
 def read_reply(msg: bytes) -> ReadReply:
     """
     The question (empty for a reply without one) and every record but the
-    OPT of a reply with at most one question.
-    Meant for replies :func:`dnsgo.dns.wire.scan_response` accepted; raises
-    ValueError where the bytes do not hold together.
+    OPT of a reply with at most one question: :func:`read_response`'s
+    second half.  Meant for replies :func:`dnsgo.dns.wire.scan_response`
+    accepted; raises ValueError where the bytes do not hold together.
     """
-    n = len(msg)
-    if n < 12:
-        raise ValueError("message shorter than a DNS header")
-    _, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(msg)
-    if qdcount > 1:
-        raise ValueError("more than one question")
-    if qdcount:
-        qname, pos = read_name(msg, 12)
-        if pos + 4 > n:
-            raise ValueError("truncated question")
-        qtype, qclass = _U16X2.unpack_from(msg, pos)
-        pos += 4
-    else:  # an error reply may leave the question out
-        qname, qtype, qclass, pos = b"", 0, 0, 12
-    dotted = label_has_dot(qname)
-    records = []
-    append = records.append
-    first_authority = ancount
-    first_additional = ancount + nscount
-    for index in range(first_additional + arcount):
-        owner, pos = read_name(msg, pos)
-        if pos + 10 > n:
-            raise ValueError("truncated resource record")
-        rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
-        start = pos + 10
-        end = start + rdlength
-        if end > n:
-            raise ValueError("resource record data runs past the end of the message")
-        pos = end
-        if rtype == TYPE_OPT:
-            continue
-        steps = RDATA_NAMES.get(rtype)
-        if steps is None:
-            if _FIXED_SIZES.get(rtype, rdlength) != rdlength:
-                raise ValueError(f"rdata of type {rtype} has {rdlength} bytes")
-            rdata = msg[start:end]
-        else:
-            rdata, names_dotted = _expand_rdata(msg, start, end, steps)
-            dotted = dotted or names_dotted
-        dotted = dotted or label_has_dot(owner)
-        section = ANSWER if index < first_authority else AUTHORITY if index < first_additional else ADDITIONAL
-        append(WireRecord(owner, rtype, cls, 0 if ttl & _TTL_TOP_BIT else ttl, rdata, section))
-    return ReadReply(qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted)
+    return read_response(msg)[1]
 
 
 def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     """
-    :func:`dnsgo.dns.wire.scan_response` and :func:`read_reply` of an
-    upstream reply in one pass, for the miss path: the same layout and
-    records, and a ValueError wherever either of them raises one (the
-    checks of both apply: compression, truncation, the OPT record's place,
-    bytes after the last record, rdata sizes and names).
+    The layout :func:`dnsgo.dns.wire.scan_response` finds and every record
+    but the OPT (:func:`read_reply`), read in one pass: ValueError wherever
+    ``scan_response`` raises one (compression, truncation, the OPT record's
+    place, bytes after the last record) and where the records do not hold
+    together (rdata sizes and names).
     """
     n = len(msg)
     if n < 12:
@@ -182,9 +138,8 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
             if owner is not None:
                 pos += 2
         if owner is None:
-            owner, pos = read_name_memo(msg, pos, memo)
-            if _DOT in owner:
-                dotted = dotted or label_has_dot(owner)
+            owner, pos = read_name(msg, pos, memo)
+            dotted = dotted or label_has_dot(owner)
         if pos + 10 > n:
             raise ValueError("truncated resource record")
         rtype, cls, ttl, rdlength = _RR_FIXED.unpack_from(msg, pos)
@@ -193,12 +148,7 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
         if end > n:
             raise ValueError("resource record data runs past the end of the message")
         if rtype == TYPE_OPT:
-            if opt_offset is not None:
-                raise ValueError("more than one OPT record")
-            if index < first_additional:
-                raise ValueError("OPT record outside the additional section")
-            if pos != start_rr + 1:
-                raise ValueError("OPT record whose owner is not the root")
+            check_opt_place(opt_offset is not None, index < first_additional, pos != start_rr + 1)
             opt_offset = start_rr
             opt_length = end - start_rr
             ext_rcode = ttl >> 24
@@ -228,17 +178,17 @@ def read_response(msg: bytes) -> tuple[ResponseLayout, ReadReply]:
     return layout, _new_tuple(ReadReply, (qname, qtype, qclass, flags & 0xF, bool(flags & 0x0200), records, dotted))
 
 
-def _expand_rdata(msg: bytes, start: int, end: int, steps, memo: dict | None = None) -> tuple[bytes, bool]:
+def _expand_rdata(msg: bytes, start: int, end: int, steps, memo: dict) -> tuple[bytes, bool]:
     """
     The rdata between ``start`` and ``end`` with its names uncompressed, and
-    whether one has a dotted label (``memo``: see :func:`dnsgo.dns.wire.read_name_memo`).
+    whether one has a dotted label (``memo``: see :func:`dnsgo.dns.wire.read_name`).
     """
     parts = []
     dotted = False
     at = start
     for step in steps:
         if step == "n":
-            name, at = read_name(msg, at) if memo is None else read_name_memo(msg, at, memo)
+            name, at = read_name(msg, at, memo)
             dotted = dotted or label_has_dot(name)
             parts.append(name)
         elif step == "s":

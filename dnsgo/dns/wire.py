@@ -142,8 +142,9 @@ class QueryInfo(NamedTuple):
     key: bytes
 
 
-_new_query_info = tuple.__new__
-_new_layout = tuple.__new__
+#: Builds a NamedTuple (QueryInfo, ResponseLayout) from a tuple of its
+#: fields without the Python-level ``__new__`` call.
+_new_tuple = tuple.__new__
 
 
 class ResponseLayout(NamedTuple):
@@ -253,7 +254,7 @@ def parse_query(data: bytes) -> QueryInfo:
         udp_size = 512
         version = 0
         key_flags = (flags >> 8) & KEY_RD | (flags >> 3) & KEY_CD
-    return _new_query_info(
+    return _new_tuple(
         QueryInfo,
         (
             qid,
@@ -412,56 +413,23 @@ def _name_end(msg: bytes, pos: int) -> int:
             raise ValueError("unknown label type 0x%02x" % length)
 
 
-def read_name(msg: bytes, pos: int) -> tuple[bytes, int]:
+def read_name(msg: bytes, pos: int, memo: dict | None = None) -> tuple[bytes, int]:
     """
     Return the name at ``pos`` expanded to uncompressed wire format, and the
     offset just past it in the message; same checks as :func:`_name_end`.
+
+    ``memo``, for a walk over one message that reads many names, maps
+    offsets where a name was already read whole (and, for the first name,
+    each of its label starts: :func:`label_offsets`) to the expanded name
+    there, so a compression pointer to one of them ends the walk at once.
+    Only earlier offsets are ever in it, and the expanded name must still
+    fit in 255 bytes.  The name read is added to it.
     """
     n = len(msg)
-    after = -1
-    limit = pos
-    parts = []
-    total = 0
-    while True:
-        if pos >= n:
-            raise ValueError("name runs past the end of the message")
-        length = msg[pos]
-        if length == 0:
-            parts.append(b"\x00")
-            return b"".join(parts), (after if after >= 0 else pos + 1)
-        if length < 64:
-            total += length + 1
-            if total > 254:
-                raise ValueError("name longer than 255 bytes")
-            if pos + 1 + length > n:
-                raise ValueError("label runs past the end of the message")
-            parts.append(msg[pos : pos + 1 + length])
-            pos += length + 1
-        elif length >= 0xC0:
-            if after < 0:
-                after = pos + 2
-            limit = pos = _pointer_target(msg, pos, n, limit)
-        else:
-            raise ValueError("unknown label type 0x%02x" % length)
-
-
-def read_name_memo(msg: bytes, pos: int, memo: dict) -> tuple[bytes, int]:
-    """
-    :func:`read_name` for a walk over one message that reads many names:
-    ``memo`` maps offsets where a name was already read whole (and, for the
-    first name, each of its label starts) to the expanded name there, so a
-    compression pointer to one of them ends the walk at once.  The checks
-    are :func:`read_name`'s: only earlier offsets are ever in ``memo``, and
-    the expanded name must fit in 255 bytes.  The name read is added.
-    """
-    if pos >= len(msg):
-        raise ValueError("name runs past the end of the message")
-    first = msg[pos]
-    if first >= 0xC0 and pos + 1 < len(msg):
-        known = memo.get(((first & 0x3F) << 8) | msg[pos + 1])
+    if memo is not None and pos + 1 < n and msg[pos] >= 0xC0:
+        known = memo.get(((msg[pos] & 0x3F) << 8) | msg[pos + 1])
         if known is not None:
             return known, pos + 2
-    n = len(msg)
     start = pos
     after = -1
     limit = pos
@@ -487,17 +455,19 @@ def read_name_memo(msg: bytes, pos: int, memo: dict) -> tuple[bytes, int]:
             if after < 0:
                 after = pos + 2
             limit = pos = _pointer_target(msg, pos, n, limit)
-            known = memo.get(pos)
-            if known is not None:
-                if total + len(known) - 1 > 254:
-                    raise ValueError("name longer than 255 bytes")
-                parts.append(known)
-                end = after
-                break
+            if memo is not None:
+                known = memo.get(pos)
+                if known is not None:
+                    if total + len(known) - 1 > 254:
+                        raise ValueError("name longer than 255 bytes")
+                    parts.append(known)
+                    end = after
+                    break
         else:
             raise ValueError("unknown label type 0x%02x" % length)
     name = b"".join(parts)
-    memo[start] = name
+    if memo is not None:
+        memo[start] = name
     return name, end
 
 
@@ -530,6 +500,20 @@ def parse_question(msg: bytes) -> tuple[bytes, int, int, int]:
         raise ValueError("truncated question")
     qtype, qclass = _U16X2.unpack_from(msg, pos)
     return qname.lower(), qtype, qclass, pos + 4
+
+
+def check_opt_place(another: bool, before_additional: bool, owner_not_root: bool) -> None:
+    """
+    Raise ValueError for an OPT record that is not the only one, not in the
+    additional section, or whose owner is not the root (RFC 6891 §6.1.1):
+    the same rules for every reader of a whole response.
+    """
+    if another:
+        raise ValueError("more than one OPT record")
+    if before_additional:
+        raise ValueError("OPT record outside the additional section")
+    if owner_not_root:
+        raise ValueError("OPT record whose owner is not the root")
 
 
 def scan_response(msg: bytes) -> ResponseLayout:
@@ -569,12 +553,7 @@ def scan_response(msg: bytes) -> ResponseLayout:
         if end > n:
             raise ValueError("resource record data runs past the end of the message")
         if rtype == TYPE_OPT:
-            if opt_offset is not None:
-                raise ValueError("more than one OPT record")
-            if index < first_additional:
-                raise ValueError("OPT record outside the additional section")
-            if pos != start + 1:
-                raise ValueError("OPT record whose owner is not the root")
+            check_opt_place(opt_offset is not None, index < first_additional, pos != start + 1)
             opt_offset = start
             opt_length = end - start
             ext_rcode = ttl >> 24
@@ -999,7 +978,7 @@ def relay_reply(reply: bytes, query: QueryInfo, max_ttl: int, negative_cap: int,
     )):
         body = render_ttls(body, offsets, ttls, 0)
     if ttls != out or layout.flags != flags or layout.opt_offset is not None:
-        layout = _new_layout(ResponseLayout, (
+        layout = _new_tuple(ResponseLayout, (
             layout.question_end, offsets, ttls, min(ttls) if ttls else None, flags & 0xF, flags,
             layout.qdcount, layout.ancount, layout.nscount, layout.arcount - (layout.opt_offset is not None),
             None, 0,

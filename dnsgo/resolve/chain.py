@@ -74,30 +74,10 @@ class Chain(resolve.ResolverChain):
 
     def query(self, query, timeout=None):
         """Ask each resolver in turn until one answers or fails finally."""
-        resolvers = self.resolvers
-        start = 0
-        for start, r in enumerate(resolvers):
-            answer_now = getattr(r, "answer_now", None)
-            if answer_now is None:
-                break
-            found = answer_now(query)
-            if found is None:
-                continue
-            if isinstance(found, FinalAnswer):
-                return defer.fail(found)
-            return defer.succeed(found)
-        else:
-            return defer.fail(error.DomainError())
+        found, start = self._at_once(query)
+        if found is not None:
+            return defer.fail(found) if isinstance(found, BaseException) else defer.succeed(found)
         return self._from(start, query, timeout)
-
-    def _from(self, start: int, query, timeout=None) -> defer.Deferred:
-        """Ask the resolvers from number ``start`` on, each through ``query``."""
-        resolvers = self.resolvers
-        d = defer.maybeDeferred(resolvers[start].query, query, timeout)
-        for r in resolvers[start + 1 :]:
-            d.addErrback(resolve.FailureHandler(r.query, query, timeout))
-        return d
-
 
     def ask(self, query, done) -> None:
         """
@@ -107,25 +87,40 @@ class Chain(resolve.ResolverChain):
         next one is asked through its own ``ask`` when it has one (the
         forwarder does), so a miss makes no Deferred, else through ``query``.
         """
-        resolvers = self.resolvers
-        start = 0
-        for start, r in enumerate(resolvers):
-            answer_now = getattr(r, "answer_now", None)
-            if answer_now is None:
-                break
-            found = answer_now(query)
-            if found is not None:
-                done(found)
-                return
-        else:
-            done(error.DomainError())
+        found, start = self._at_once(query)
+        if found is not None:
+            done(found)
             return
-        ask = getattr(resolvers[start], "ask", None)
-        if ask is not None and start == len(resolvers) - 1:
+        ask = getattr(self.resolvers[start], "ask", None)
+        if ask is not None and start == len(self.resolvers) - 1:
             ask(query, done)
             return
         d = self._from(start, query)
         d.addCallbacks(done, lambda failure: done(failure.value))
+
+    def _at_once(self, query):
+        """
+        Ask the leading resolvers that offer ``answer_now``: ``(found, None)``
+        with the first answer (a result or a ``FinalAnswer``); ``(None,
+        start)`` with the first resolver still to ask through ``query``; or
+        ``(DomainError(), None)`` when every resolver missed.
+        """
+        for start, r in enumerate(self.resolvers):
+            answer_now = getattr(r, "answer_now", None)
+            if answer_now is None:
+                return None, start
+            found = answer_now(query)
+            if found is not None:
+                return found, None
+        return error.DomainError(), None
+
+    def _from(self, start: int, query, timeout=None) -> defer.Deferred:
+        """Ask the resolvers from number ``start`` on, each through ``query``."""
+        resolvers = self.resolvers
+        d = defer.maybeDeferred(resolvers[start].query, query, timeout)
+        for r in resolvers[start + 1 :]:
+            d.addErrback(resolve.FailureHandler(r.query, query, timeout))
+        return d
 
 
 def message_to_result(message: dns.Message):

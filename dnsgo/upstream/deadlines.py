@@ -66,22 +66,29 @@ class Deadlines:
         deadline = Deadline(at, callback, self)
         heapq.heappush(self._heap, (at, next(self._order), deadline))
         self._live += 1
+        self._arm(at, now)
+        return deadline
+
+    def _arm(self, at: float, now: float) -> None:
+        """Make sure the reactor timer fires by ``at``."""
         timer = self._timer
         if timer is None:
-            self._timer = self._reactor.callLater(at - now, self._fire)
+            self._timer = self._reactor.callLater(max(0.0, at - now), self._fire)
             self._timer_at = at
         elif at < self._timer_at:
-            timer.reset(at - now)
+            timer.reset(max(0.0, at - now))
             self._timer_at = at
-        return deadline
 
     def _cancelled(self) -> None:
         self._live -= 1
         if not self._live:
             self._heap.clear()
-            timer, self._timer = self._timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+            self._stop_timer()
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _fire(self) -> None:
         """The reactor timer: run what is due, then set it for the next live deadline."""
@@ -100,16 +107,8 @@ class Deadlines:
             heapq.heappop(heap)
         if not heap:
             self._live = 0
-            timer, self._timer = self._timer, None
-            if timer is not None and timer.active():
-                timer.cancel()
+            self._stop_timer()
             return
-        at = heap[0][0]
         # A callback may have armed the timer already, for its own deadline,
         # which need not be the earliest.
-        if self._timer is None:
-            self._timer = self._reactor.callLater(max(0.0, at - self._reactor.seconds()), self._fire)
-            self._timer_at = at
-        elif at < self._timer_at:
-            self._timer.reset(max(0.0, at - self._reactor.seconds()))
-            self._timer_at = at
+        self._arm(heap[0][0], self._reactor.seconds())

@@ -254,16 +254,20 @@ class QueryHandler:
         if result.__class__ is UpstreamReply:
             # A relaying forwarder's answer: the upstream's bytes, passed on.
             try:
-                body, layout = wire.relay_reply(result.wire, q, self._max_ttl, self._negative_ttl, result.layout)
+                return self._relayed(result.wire, q, result.layout)
             except Exception as e:
                 return self._failed(e, q)
-            return body, body[3] & 0xF == wire.SERVFAIL, layout
         try:
             answers, authority, additional = result
             authority = normalize_negative(dns.OK, answers, authority, self._negative_ttl)
             return encode_reply(q, dns.OK, answers, authority, additional, self._max_ttl), False, None
         except Exception as e:
             return self._failed(e, q)
+
+    def _relayed(self, reply: bytes, q: wire.QueryInfo, layout=None):
+        """The outcome of passing an upstream's ``reply`` on to ``q``'s client; raises where its bytes do not hold."""
+        body, layout = wire.relay_reply(reply, q, self._max_ttl, self._negative_ttl, layout)
+        return body, body[3] & 0xF == wire.SERVFAIL, layout
 
     def _failed(self, error: BaseException, q: wire.QueryInfo):
         if isinstance(error, FinalAnswer):
@@ -272,8 +276,7 @@ class QueryHandler:
             return body, error.rcode == dns.ESERVER, None
         if isinstance(error, VerbatimReply):
             try:
-                body, layout = wire.relay_reply(error.reply, q, self._max_ttl, self._negative_ttl)
-                return body, body[3] & 0xF == wire.SERVFAIL, layout
+                return self._relayed(error.reply, q)
             except Exception as e:
                 error = e
         if not isinstance(error, defer.TimeoutError):

@@ -39,21 +39,14 @@ import probe  # noqa: E402
 import profile as pyspy  # noqa: E402
 import servers  # noqa: E402
 import workload  # noqa: E402
-from procs import Processes, free_port, pin, process_tree  # noqa: E402
+from procs import Processes, cpu_ticks, free_port, pin, process_tree  # noqa: E402
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User and system CPU seconds of ``pid`` and every process below it."""
-    user = system = 0
-    for p in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        user += int(fields[11])
-        system += int(fields[12])
+    user, system = cpu_ticks(pid)
     return user / _TICK, system / _TICK
 
 

@@ -51,6 +51,23 @@ def process_tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """User and system CPU time of ``pid`` and its descendants, in clock ticks (a process that is gone counts 0)."""
+    try:
+        tree = process_tree(pid)
+    except OSError:  # a process of the tree ended while it was walked
+        tree = [pid]
+    user = system = 0
+    for each in tree:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        user += int(fields[11])
+        system += int(fields[12])
+    return user, system
+
+
 def rss_kib(pid: int) -> int:
     """Return the summed VmRSS, in KiB, of ``pid`` and its descendants."""
     total = 0

@@ -34,7 +34,7 @@ import dnsperf
 import probe
 import servers
 import workload
-from procs import Process, Processes, free_port, pin, process_tree
+from procs import Process, Processes, cpu_ticks, free_port, pin
 from run import cpu_busy_fraction, cpu_model, execute, first_line, say, twisted_version
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -205,15 +205,6 @@ def describe_counters(counters: dict) -> str:
 # CPU accounting, to tell how much other work shared the machine
 
 
-def _jiffies(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
 @dataclass(frozen=True)
 class CpuSample:
     """Machine-wide and own CPU time at one moment, in clock ticks."""
@@ -238,11 +229,7 @@ def cpu_sample(procs: Processes) -> CpuSample:
 
 def tree_jiffies(pid: int) -> int:
     """utime + stime of ``pid`` and its descendants, in clock ticks."""
-    try:
-        tree = process_tree(pid)
-    except OSError:  # a process of the tree ended while it was walked
-        tree = [pid]
-    return sum(_jiffies(each) for each in tree)
+    return sum(cpu_ticks(pid))
 
 
 def other_load(before: CpuSample, after: CpuSample) -> float:

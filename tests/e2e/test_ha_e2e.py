@@ -88,6 +88,16 @@ class HATestCase(unittest.TestCase):
         """The names of the control planes whose /api/ha body (in ``states``) says active."""
         return sorted(name for name, body in states.items() if body and body["role"] == "active")
 
+    def watch_no_leader(self, cluster: HACluster, seconds: float, term_before: int):
+        """For ``seconds``: no control plane active, and none past ``term_before`` (pre-votes keep the term from climbing)."""
+
+        def no_leader(states):
+            self.assertEqual(self.actives(states), [], states)
+            for name, body in states.items():
+                self.assertEqual(body["term"], term_before, f"{name}: pre-votes keep the term from climbing")
+
+        return self.watch(cluster, seconds, no_leader)
+
     @defer.inlineCallbacks
     def watch_one_leader(self, cluster: HACluster, seconds: float, expected: str):
         """For ``seconds``, poll every control plane: never more than one active, and always ``expected``."""

@@ -53,12 +53,7 @@ class LoopbackPartitionTests(HATestCase):
             proxy.cut()
         yield task.deferLater(reactor, LEASE + 1.0, lambda: None)
 
-        def no_leader(states):
-            self.assertEqual(self.actives(states), [], states)
-            for name, body in states.items():
-                self.assertEqual(body["term"], term_before, f"{name}: pre-votes keep the term from climbing")
-
-        yield self.watch(cluster, 2 * LEASE, no_leader)
+        yield self.watch_no_leader(cluster, 2 * LEASE, term_before)
         for node in cluster.controls:
             refused = yield cluster.clear(node, NAME_FLUSH)
             self.assertEqual(refused.status, 503, refused)

@@ -105,10 +105,6 @@ _NAME_LEVEL = -1
 
 _new_tuple = tuple.__new__
 
-#: The set of names with a name-level NXDOMAIN is rebuilt from the shards
-#: once it holds more than max(this, twice the names found last time).
-_DENIED_MIN_LIMIT = 4096
-
 #: Estimated bytes of one entry besides its names and rdata: the segment's
 #: OrderedDict slot and link, the key tuple, the entry object (10 slots),
 #: the rdata tuple, the stored-at float and the TTL and cost ints.  Measured
@@ -210,12 +206,6 @@ class RRsetCache:
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
         self._shards = [segment_class(eviction)(self._shard_limit) for _ in range(num_shards)]
-        # Names that may hold a name-level NXDOMAIN: RFC 8020's walk up the
-        # labels looks only at these.  Added on store; rebuilt from the
-        # shards when it outgrows what they held at the last rebuild (so
-        # names whose NXDOMAIN expired or was evicted do not pile up).
-        self._denied: set[bytes] = set()
-        self._denied_limit = _DENIED_MIN_LIMIT
         self._hits = 0
         self._misses = 0
 
@@ -309,7 +299,6 @@ class RRsetCache:
         index = hash(name) & self._mask
         if type is None:
             key = (name, _NAME_LEVEL, cls)
-            self._note_denied(name)
         else:
             key = (name, type, cls)
             # NODATA: the name exists, so a name-level NXDOMAIN is out of date.
@@ -382,28 +371,13 @@ class RRsetCache:
         ``(index, key, entry)``, or None: RFC 8020, an NXDOMAIN means that
         nothing exists below the name either.
         """
-        denied = self._denied
-        if not denied:
-            return None
         for ancestor in ancestors(name):
-            if ancestor not in denied:
-                continue
             index = hash(ancestor) & self._mask
             key = (ancestor, _NAME_LEVEL, cls)
             entry = self._live(index, key, now)
             if entry is not None:
                 return index, key, entry
         return None
-
-    def _note_denied(self, name: bytes) -> None:
-        """Remember that ``name`` holds a name-level NXDOMAIN; rebuild the set when it outgrows the cache's."""
-        denied = self._denied
-        denied.add(name)
-        if len(denied) > self._denied_limit:
-            denied.clear()
-            for shard in self._shards:
-                denied.update(key[0] for key in shard.keys() if key[1] == _NAME_LEVEL)
-            self._denied_limit = max(_DENIED_MIN_LIMIT, 2 * len(denied))
 
     def holds_any(self, name: bytes, type: int, cls: int = dns.IN) -> bool:
         """
@@ -417,11 +391,10 @@ class RRsetCache:
         if (peek((name, type, cls)) is not None or peek((name, _NAME_LEVEL, cls)) is not None
                 or peek((name, dns.CNAME, cls)) is not None):
             return True
-        denied = self._denied
-        if denied:
-            for ancestor in ancestors(name):
-                if ancestor in denied:
-                    return True
+        shards, mask = self._shards, self._mask
+        for ancestor in ancestors(name):
+            if shards[hash(ancestor) & mask].peek((ancestor, _NAME_LEVEL, cls)) is not None:
+                return True
         return False
 
     def count_lookup(self, hit: bool) -> None:

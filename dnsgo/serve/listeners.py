@@ -24,37 +24,91 @@ from twisted.protocols.policies import TimeoutMixin
 from dnsgo.serve import fdlimit
 
 
-class DNSDatagramProtocol(protocol.DatagramProtocol):
-    """Answers each datagram through the handler; never raises into the reactor."""
+#: Datagrams the UDP listener reads in one wake-up at most before letting
+#: the reactor serve its other descriptors (Twisted's ``udp.Port`` reads up
+#: to 256 KiB).
+UDP_READS_PER_WAKEUP = 256
+
+#: The largest datagram read: larger ones are cut to this size by the kernel
+#: and then fail to parse (FORMERR), as with ``udp.Port``.
+UDP_MAX_DATAGRAM = 8192
+
+
+class DNSDatagramListener:
+    """
+    The UDP socket, watched by the reactor directly (``addReader``): reads
+    datagrams, answers each through the handler, and never raises into the
+    reactor.
+
+    It takes the place of a ``udp.Port`` and its protocol, whose three
+    Python frames per datagram (``doRead``'s loop, ``datagramReceived``,
+    ``write`` with three address checks) cost about a tenth of an L1 hit.
+    Replies go straight to ``sendto``: the addresses come from
+    ``recvfrom``.  A failed ``sendto`` (a full buffer, an unreachable
+    client) drops the reply, as UDP is best effort.
+    """
 
     log = Logger()
 
-    def __init__(self, handler) -> None:
+    def __init__(self, reactor, udp: socket.socket, handler) -> None:
+        udp.setblocking(False)
+        self._reactor = reactor
+        self._socket = udp
         self._handler = handler
+        self._recvfrom = udp.recvfrom
+        self._sendto = udp.sendto
+        self.fileno = udp.fileno
+
+    def start(self) -> None:
+        """Begin reading."""
+        self._reactor.addReader(self)
+
+    def stopListening(self) -> None:
+        """Stop reading and close the socket (replies still due are dropped)."""
+        skt, self._socket = self._socket, None
         self._sendto = None
+        if skt is not None:
+            self._reactor.removeReader(self)
+            skt.close()
 
-    def startProtocol(self) -> None:
-        # Replies go straight to the socket: the addresses come from
-        # recvfrom, so udp.Port.write's per-datagram address checks (three
-        # isIPAddress calls) are wasted on the hot path.
-        self._sendto = self.transport.socket.sendto
+    def logPrefix(self) -> str:
+        """What the reactor's log context calls this descriptor."""
+        return "dnsgo-udp"
 
-    def stopProtocol(self) -> None:
-        self._sendto = None
+    def connectionLost(self, reason) -> None:
+        """The reactor gave the descriptor up (it is shutting down)."""
+        self.stopListening()
 
-    def datagramReceived(self, data: bytes, addr) -> None:
-        try:
-            reply = self._handler.handle(data, addr[0], respond=lambda reply: self._send(reply, addr))
-        except Exception:
-            self.log.failure("unexpected error answering {addr}", addr=addr)
-            reply = self._handler.servfail(data)
-        if reply is None:
-            return
-        if type(reply) is bytes:
-            self._send(reply, addr)
-            return
-        reply.addCallback(self._send, addr)
-        reply.addErrback(self._late_failure, data, addr)
+    def doRead(self) -> None:
+        """Answer the datagrams waiting, up to ``UDP_READS_PER_WAKEUP`` of them."""
+        recvfrom = self._recvfrom
+        handle = self._handler.handle
+        for _ in range(UDP_READS_PER_WAKEUP):
+            if self._socket is None:
+                return
+            try:
+                data, addr = recvfrom(UDP_MAX_DATAGRAM)
+            except BlockingIOError:
+                return
+            except OSError:
+                # EINTR, or an error queued on the socket (an ICMP message
+                # about an earlier reply): nothing to answer; read on.
+                continue
+            try:
+                reply = handle(data, addr[0], False, lambda reply, addr=addr: self._send(reply, addr))
+            except Exception:
+                self.log.failure("unexpected error answering {addr}", addr=addr)
+                reply = self._handler.servfail(data)
+            if reply is None:
+                continue
+            if type(reply) is bytes:
+                try:
+                    self._sendto(reply, addr)
+                except OSError:
+                    pass
+                continue
+            reply.addCallback(self._send, addr)
+            reply.addErrback(self._late_failure, data, addr)
 
     def _send(self, reply: bytes, addr) -> None:
         sendto = self._sendto
@@ -63,8 +117,6 @@ class DNSDatagramProtocol(protocol.DatagramProtocol):
         try:
             sendto(reply, addr)
         except OSError:
-            # A full socket buffer (EAGAIN) or an unreachable client: UDP
-            # replies are best effort, and the client will retry.
             pass
 
     def _late_failure(self, failure, data: bytes, addr) -> None:
@@ -416,7 +468,9 @@ class DNSService(service.Service):
 
     def _adopt(self, udp: socket.socket, tcp: socket.socket | None) -> None:
         family = udp.family
-        self._listening.append(self._reactor.adoptDatagramPort(udp.fileno(), family, DNSDatagramProtocol(self._handler)))
+        listener = DNSDatagramListener(self._reactor, udp.dup(), self._handler)
+        listener.start()
+        self._listening.append(listener)
         if tcp is not None:
             self._listening.append(self._reactor.adoptStreamPort(tcp.fileno(), family, self.tcp_factory))
 

@@ -46,8 +46,12 @@ class Caches:
     failures: FailureCache | None = None
 
 
-def build_caches(cache_config, on_prefetch=None, *, reactor) -> Caches:
-    """L1 and L2 per the ``cache`` section (negative caching off means a 0 s negative TTL)."""
+def build_caches(cache_config, on_prefetch=None, *, opt_udp_size: int | None = None, reactor) -> Caches:
+    """
+    L1 and L2 per the ``cache`` section (negative caching off means a 0 s
+    negative TTL); L1 keeps an OPT record of ``opt_udp_size`` in its EDNS
+    replies (the server's ``edns_udp_size``), when given.
+    """
     neg = cache_config.negative_cache.ttl if cache_config.negative_cache.enabled else 0
     mc, rc = cache_config.message_cache, cache_config.rrset_cache
     pf, stale = cache_config.prefetch, cache_config.serve_stale
@@ -62,6 +66,7 @@ def build_caches(cache_config, on_prefetch=None, *, reactor) -> Caches:
         prefetch_ttl_pct=pf.threshold_ttl_pct,
         on_prefetch=on_prefetch,
         eviction=mc.eviction,
+        opt_udp_size=opt_udp_size,
         reactor=reactor,
     )
     rrsets = RRsetCache(
@@ -171,7 +176,8 @@ def build_service(config, reactor=None, reuse_port: bool = False, environ=None, 
         reactor=reactor,
     )
     handler = None  # the prefetch hook of L1 calls the handler built below
-    caches = build_caches(config.cache, on_prefetch=lambda q: handler.prefetch(q), reactor=reactor)
+    caches = build_caches(config.cache, on_prefetch=lambda q: handler.prefetch(q),
+                          opt_udp_size=config.server.edns_udp_size, reactor=reactor)
     signer = backend = shared_store = None
     if config.cache.mode == "hybrid":
         signer = shared_signer(config)

@@ -2,7 +2,8 @@
 The L1 message cache: whole replies in wire format, served from bytes.
 
 A worker keeps the replies it built on the miss path (the output of
-:func:`dnsgo.serve.reply.encode_reply`, without the OPT record) under the
+:func:`dnsgo.serve.reply.encode_reply`, without the OPT record, or with
+this server's own when the cache is built with ``opt_udp_size``) under the
 query's L1 key (:attr:`dnsgo.dns.wire.QueryInfo.key`: lowercased name, type,
 class and the RD/CD/DO/EDNS flag byte).  A hit never decodes anything: the
 stored bytes get their TTLs counted down (:func:`dnsgo.dns.wire.render_ttl_map`) and
@@ -139,6 +140,12 @@ class MessageCache:
     than ``prefetch_ttl_pct`` % of its lifetime left calls
     ``on_prefetch(query)`` once, so the caller can refresh it before it
     expires; a refreshing ``store`` keeps the hit count.
+
+    With ``opt_udp_size``, an EDNS entry (``KEY_EDNS`` in its key) keeps
+    this server's OPT record (that UDP size, the key's DO bit, no options)
+    after its reply, and :meth:`lookup` returns it so: the hit path then
+    has nothing to add (:attr:`opt_included`).  :meth:`lookup_stale` and
+    :meth:`peek` return replies without it either way.
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class MessageCache:
         prefetch_ttl_pct: int = 10,
         on_prefetch: Callable[[wire.QueryInfo], object] | None = None,
         eviction: str = "s3fifo",
+        opt_udp_size: int | None = None,
         reactor,
     ) -> None:
         if num_shards < 1 or num_shards & (num_shards - 1):
@@ -172,6 +180,8 @@ class MessageCache:
         self._prefetch_hits = prefetch_hits
         self._prefetch_pct = prefetch_ttl_pct
         self._on_prefetch = on_prefetch
+        self.opt_udp_size = opt_udp_size
+        self._append_opt = None if opt_udp_size is None else wire.opt_appender(opt_udp_size)
         self._hits = 0
         self._misses = 0
         #: Replies served from expired entries by :meth:`lookup_stale`.
@@ -179,15 +189,27 @@ class MessageCache:
         #: Times :meth:`lookup` called ``on_prefetch``.
         self.prefetches = 0
 
+    @property
+    def opt_included(self) -> bool:
+        """Whether :meth:`lookup`'s replies to EDNS queries end in this server's OPT record (``opt_udp_size``)."""
+        return self._append_opt is not None
+
+    def _without_opt(self, rendered: bytes, key: bytes) -> bytes:
+        """``rendered`` without the OPT record ``store`` appended to it, if it did."""
+        if self._append_opt is None or not key[-1] & wire.KEY_EDNS:
+            return rendered
+        return drop_appended_opt(rendered)
+
     def lookup(self, q: wire.QueryInfo, head: bytes | None = None) -> bytes | None:
         """
         Return the reply to ``q`` from a fresh entry, or None on a miss.
 
         The reply has ``q``'s ID (or ``head``, the two ID bytes of the
         query as received) and question bytes (so its case), RD and CD as
-        stored (they are in the key), and TTLs counted down by the whole
-        seconds since the entry was stored.  Never raises: a corrupt entry
-        is dropped and counts as a miss.
+        stored (they are in the key), TTLs counted down by the whole
+        seconds since the entry was stored, and with ``opt_udp_size`` this
+        server's OPT record when ``q`` has EDNS.  Never raises: a corrupt
+        entry is dropped and counts as a miss.
         """
         try:
             key = q.key
@@ -254,14 +276,13 @@ class MessageCache:
                 return None
             age = self._seconds() - entry.stored_at
             over = age - entry.lifetime
+            rendered = self._without_opt(entry.rendered, key)
             if over < 0:
                 elapsed = max(0, int(age))
-                return wire.patch_header(
-                    wire.render_ttl_map(entry.rendered, entry.ttl_map, elapsed), q
-                )
+                return wire.patch_header(wire.render_ttl_map(rendered, entry.ttl_map, elapsed), q)
             if over >= self._max_stale:
                 return None
-            reply = wire.patch_header(wire.set_ttl_map(entry.rendered, entry.ttl_map, answer_ttl), q)
+            reply = wire.patch_header(wire.set_ttl_map(rendered, entry.ttl_map, answer_ttl), q)
             self.stale_served += 1
             return reply
         except Exception:
@@ -307,16 +328,18 @@ class MessageCache:
             return False
         key = q.key
         offsets = layout.ttl_offsets
-        cost = entry_cost(len(key), len(body), offsets)
+        if ttls == layout.orig_ttls and type(body) is bytes:
+            rendered = body  # nothing clamped: the reply is already what hits serve
+        else:
+            rendered = wire.render_ttls(body, offsets, ttls, 0)
+        if self._append_opt is not None and key[-1] & wire.KEY_EDNS:
+            rendered = self._append_opt(rendered, bool(key[-1] & wire.KEY_DO))
+        cost = entry_cost(len(key), len(rendered), offsets)
         if cost > self._shard_budget:
             return False
         shard = self._shards[hash(key) & self._mask]
         old = shard.peek(key)
         hits = old.hits if old is not None else 0
-        if ttls == layout.orig_ttls and type(body) is bytes:
-            rendered = body  # nothing clamped: the reply is already what hits serve
-        else:
-            rendered = wire.render_ttls(body, offsets, ttls, 0)
         shard.put(key, _Entry(rendered, wire.ttl_map(offsets, ttls), self._seconds(), lifetime, hits, cost))
         return True
 
@@ -397,7 +420,8 @@ class MessageCache:
             if entry is None:
                 continue
             age = now - entry.stored_at
-            rendered = wire.render_ttl_map(entry.rendered, entry.ttl_map, max(0, min(int(age), entry.lifetime)))
+            rendered = wire.render_ttl_map(self._without_opt(entry.rendered, key), entry.ttl_map,
+                                           max(0, min(int(age), entry.lifetime)))
             qt, qc = struct.unpack_from("!HH", key, len(key) - 5)
             peeked.append(PeekedReply(qt, qc, key[-1], int(entry.lifetime - age), rendered))
         return peeked
@@ -437,6 +461,16 @@ class MessageCache:
             self._shards[hash(key) & self._mask].pop(key)
         except Exception:
             pass
+
+
+#: The bytes of the OPT record ``wire.opt_appender`` adds: a root owner,
+#: type, class, TTL and an empty RDATA.
+APPENDED_OPT_LENGTH = 11
+
+
+def drop_appended_opt(msg: bytes) -> bytes:
+    """``msg`` without the last ``APPENDED_OPT_LENGTH`` bytes, an OPT record ``wire.opt_appender`` put there, and with ARCOUNT one less."""
+    return b"".join((msg[:10], _U16.pack(((msg[10] << 8) | msg[11]) - 1), msg[12:-APPENDED_OPT_LENGTH]))
 
 
 def _cache_ttls(body: bytes, layout: wire.ResponseLayout, min_ttl: int, max_ttl: int, negative_cap: int):

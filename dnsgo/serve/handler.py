@@ -10,12 +10,14 @@ miss path too.
 """
 from collections import Counter
 from time import perf_counter
+from typing import NamedTuple
 
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
+from dnsgo.cache.message import drop_appended_opt
 from dnsgo.dns import wire
 from dnsgo.dns.names import wire_to_dotted
 from dnsgo.serve.reply import normalize_negative
@@ -37,6 +39,13 @@ _PARSED_LIMIT = 4096
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")
+
+
+class _Remembered(NamedTuple):
+    """A parsed query the handler remembers, and its :meth:`QueryHandler._udp_room`."""
+
+    query: wire.QueryInfo
+    udp_room: int
 
 
 class QueryHandler:
@@ -88,8 +97,12 @@ class QueryHandler:
         self._query_log = query_log
         self.counters: Counter = Counter()
         self.stats = QueryStats()
-        self._parsed: dict[bytes, wire.QueryInfo] = {}
+        self._parsed: dict[bytes, _Remembered] = {}
         self._add_opt = wire.opt_appender(edns_udp_size)
+        #: L1 keeps this server's OPT record in its EDNS replies (MessageCache's opt_udp_size).
+        self._opt_in_l1 = message_cache is not None and message_cache.opt_included
+        if self._opt_in_l1 and message_cache.opt_udp_size != edns_udp_size:
+            raise ValueError("the message cache's OPT record must carry this handler's edns_udp_size")
 
     def handle(self, data: bytes, client: str, tcp: bool = False, respond=None):
         """
@@ -102,13 +115,14 @@ class QueryHandler:
         # Clients repeat the same query bytes but for the ID, and validity
         # does not depend on the ID: a parsed, ordinary query is remembered
         # under the bytes after its ID, and its hits only need the ID copied.
-        q = self._parsed.get(data[2:])
-        if q is not None and self._filter.allowed(client):
+        remembered = self._parsed.get(data[2:])
+        if remembered is not None and self._filter.allowed(client):
+            q = remembered.query
             if self._query_log:
                 self._log_query(q, client, tcp)
             hit = self._cache.lookup(q, data[:2])
             if hit is not None:
-                return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
+                return self._counted(self._hit_reply(hit, q, tcp, remembered.udp_room), q.qtype, tcp, started)
             q = q._replace(id=(data[0] << 8) | data[1])
             return self._miss(q, tcp, started, respond)
         try:
@@ -134,8 +148,9 @@ class QueryHandler:
                 parsed = self._parsed
                 if len(parsed) >= _PARSED_LIMIT:
                     parsed.clear()
-                parsed[data[2:]] = q
-                return self._counted(self._finish(hit, q, tcp), q.qtype, tcp, started)
+                room = self._udp_room(q)
+                parsed[data[2:]] = _Remembered(q, room)
+                return self._counted(self._hit_reply(hit, q, tcp, room), q.qtype, tcp, started)
         return self._miss(q, tcp, started, respond)
 
     def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
@@ -310,6 +325,26 @@ class QueryHandler:
         d.addErrback(lambda f: self.log.failure("prefetch failed", f))
         d.addCallback(lambda _: None)
         return d
+
+    def _udp_room(self, q: wire.QueryInfo) -> int:
+        """
+        The largest L1 hit for ``q`` that goes over UDP as it is but for the
+        OPT record (see _finish): the client's limit, less the OPT when L1
+        does not include it.
+        """
+        if not q.edns:
+            return 512
+        limit = min(q.udp_size, self._edns_udp_size)
+        return limit if self._opt_in_l1 else limit - 11
+
+    def _hit_reply(self, hit: bytes, q: wire.QueryInfo, tcp: bool, room: int) -> bytes:
+        """The reply to send for an L1 hit (``room``: :meth:`_udp_room`)."""
+        if not tcp and len(hit) <= room:
+            # The usual hit: it fits, and only lacks the OPT if L1 leaves it out.
+            return hit if self._opt_in_l1 or not q.edns else self._add_opt(hit, q.do)
+        if self._opt_in_l1 and q.edns:
+            hit = drop_appended_opt(hit)
+        return self._finish(hit, q, tcp)
 
     def _finish(self, body: bytes, q: wire.QueryInfo, tcp: bool, ede=None) -> bytes:
         """Truncate for this client if needed and add its OPT record."""

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from dnsgo.cache.message import drop_appended_opt
+from dnsgo.cache.message import APPENDED_OPT_LENGTH, drop_appended_opt
 from dnsgo.dns import wire
 from dnsgo.dns.names import wire_to_dotted
 from dnsgo.serve.reply import normalize_negative
@@ -335,7 +335,7 @@ class QueryHandler:
         if not q.edns:
             return 512
         limit = min(q.udp_size, self._edns_udp_size)
-        return limit if self._opt_in_l1 else limit - 11
+        return limit if self._opt_in_l1 else limit - APPENDED_OPT_LENGTH
 
     def _hit_reply(self, hit: bytes, q: wire.QueryInfo, tcp: bool, room: int) -> bytes:
         """The reply to send for an L1 hit (``room``: :meth:`_udp_room`)."""

@@ -102,10 +102,7 @@ class DNSDatagramListener:
             if reply is None:
                 continue
             if type(reply) is bytes:
-                try:
-                    self._sendto(reply, addr)
-                except OSError:
-                    pass
+                self._send(reply, addr)
                 continue
             reply.addCallback(self._send, addr)
             reply.addErrback(self._late_failure, data, addr)
@@ -117,6 +114,8 @@ class DNSDatagramListener:
         try:
             sendto(reply, addr)
         except OSError:
+            # A full socket buffer (EAGAIN) or an unreachable client: UDP
+            # replies are best effort, and the client will retry.
             pass
 
     def _late_failure(self, failure, data: bytes, addr) -> None:

@@ -194,11 +194,13 @@ class MessageCache:
         """Whether :meth:`lookup`'s replies to EDNS queries end in this server's OPT record (``opt_udp_size``)."""
         return self._append_opt is not None
 
+    def _keeps_opt(self, key: bytes) -> bool:
+        """Whether the entry at ``key`` ends in this server's OPT record (``opt_udp_size``, an EDNS key)."""
+        return self._append_opt is not None and bool(key[-1] & wire.KEY_EDNS)
+
     def _without_opt(self, rendered: bytes, key: bytes) -> bytes:
         """``rendered`` without the OPT record ``store`` appended to it, if it did."""
-        if self._append_opt is None or not key[-1] & wire.KEY_EDNS:
-            return rendered
-        return drop_appended_opt(rendered)
+        return wire.drop_appended_opt(rendered) if self._keeps_opt(key) else rendered
 
     def lookup(self, q: wire.QueryInfo, head: bytes | None = None) -> bytes | None:
         """
@@ -332,7 +334,7 @@ class MessageCache:
             rendered = body  # nothing clamped: the reply is already what hits serve
         else:
             rendered = wire.render_ttls(body, offsets, ttls, 0)
-        if self._append_opt is not None and key[-1] & wire.KEY_EDNS:
+        if self._keeps_opt(key):
             rendered = self._append_opt(rendered, bool(key[-1] & wire.KEY_DO))
         cost = entry_cost(len(key), len(rendered), offsets)
         if cost > self._shard_budget:
@@ -461,16 +463,6 @@ class MessageCache:
             self._shards[hash(key) & self._mask].pop(key)
         except Exception:
             pass
-
-
-#: The bytes of the OPT record ``wire.opt_appender`` adds: a root owner,
-#: type, class, TTL and an empty RDATA.
-APPENDED_OPT_LENGTH = 11
-
-
-def drop_appended_opt(msg: bytes) -> bytes:
-    """``msg`` without the last ``APPENDED_OPT_LENGTH`` bytes, an OPT record ``wire.opt_appender`` put there, and with ARCOUNT one less."""
-    return b"".join((msg[:10], _U16.pack(((msg[10] << 8) | msg[11]) - 1), msg[12:-APPENDED_OPT_LENGTH]))
 
 
 def _cache_ttls(body: bytes, layout: wire.ResponseLayout, min_ttl: int, max_ttl: int, negative_cap: int):

@@ -724,6 +724,19 @@ def opt_appender(udp_size: int):
     return append
 
 
+#: The bytes of the OPT record an :func:`opt_appender` adds: a root owner,
+#: type, class, TTL and an empty RDATA.
+APPENDED_OPT_LENGTH = _OPT_RR.size
+
+
+def drop_appended_opt(msg: bytes) -> bytes:
+    """
+    ``msg`` without the OPT record an :func:`opt_appender` put at its end
+    (its last ``APPENDED_OPT_LENGTH`` bytes), and with ARCOUNT one less.
+    """
+    return b"".join((msg[:10], _U16.pack(((msg[10] << 8) | msg[11]) - 1), msg[12:-APPENDED_OPT_LENGTH]))
+
+
 def error_reply(
     query: bytes | QueryInfo | FormatError,
     rcode: int,

@@ -17,7 +17,6 @@ from twisted.logger import Logger
 from twisted.names import dns
 from twisted.python.failure import Failure
 
-from dnsgo.cache.message import APPENDED_OPT_LENGTH, drop_appended_opt
 from dnsgo.dns import wire
 from dnsgo.dns.names import wire_to_dotted
 from dnsgo.serve.reply import normalize_negative
@@ -335,7 +334,7 @@ class QueryHandler:
         if not q.edns:
             return 512
         limit = min(q.udp_size, self._edns_udp_size)
-        return limit if self._opt_in_l1 else limit - APPENDED_OPT_LENGTH
+        return limit if self._opt_in_l1 else limit - wire.APPENDED_OPT_LENGTH
 
     def _hit_reply(self, hit: bytes, q: wire.QueryInfo, tcp: bool, room: int) -> bytes:
         """The reply to send for an L1 hit (``room``: :meth:`_udp_room`)."""
@@ -343,7 +342,7 @@ class QueryHandler:
             # The usual hit: it fits, and only lacks the OPT if L1 leaves it out.
             return hit if self._opt_in_l1 or not q.edns else self._add_opt(hit, q.do)
         if self._opt_in_l1 and q.edns:
-            hit = drop_appended_opt(hit)
+            hit = wire.drop_appended_opt(hit)
         return self._finish(hit, q, tcp)
 
     def _finish(self, body: bytes, q: wire.QueryInfo, tcp: bool, ede=None) -> bytes:

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
-from dnsgo.cache.message import APPENDED_OPT_LENGTH, MessageCache, drop_appended_opt
+from dnsgo.cache.message import MessageCache
 from dnsgo.dns import wire
 from dnsgo.resolve.chain import Chain
 from dnsgo.serve.acl import ClientFilter
@@ -65,8 +65,8 @@ class CacheViewTests(unittest.TestCase):
             self.assertEqual(bool(reply.ednsflags & dns.flags.DO), do)
             self.assertEqual(reply.answer[0].ttl, 293)
             self.assertEqual(self.cache.lookup(q), self.plain.lookup(q)[:10] + self.cache.lookup(q)[10:12]
-                             + self.plain.lookup(q)[12:] + self.cache.lookup(q)[-APPENDED_OPT_LENGTH:])
-            self.assertEqual(drop_appended_opt(self.cache.lookup(q)), self.plain.lookup(q))
+                             + self.plain.lookup(q)[12:] + self.cache.lookup(q)[-wire.APPENDED_OPT_LENGTH:])
+            self.assertEqual(wire.drop_appended_opt(self.cache.lookup(q)), self.plain.lookup(q))
 
     def test_no_edns_no_opt(self):
         """A query without EDNS is stored and served without an OPT."""
@@ -86,7 +86,7 @@ class CacheViewTests(unittest.TestCase):
     def test_cost_counts_the_opt(self):
         """The entry's accounted cost includes the OPT's bytes."""
         self.store_both(make_query(True, False, 4096))
-        self.assertEqual(self.cache.stats().size_bytes - self.plain.stats().size_bytes, APPENDED_OPT_LENGTH)
+        self.assertEqual(self.cache.stats().size_bytes - self.plain.stats().size_bytes, wire.APPENDED_OPT_LENGTH)
 
 
 def handler(cache: MessageCache) -> QueryHandler:

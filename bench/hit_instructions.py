@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dnsperf  # noqa: E402
+from callgrind import instructions_counted  # noqa: E402
 import probe  # noqa: E402
 import servers  # noqa: E402
 import workload  # noqa: E402
@@ -63,11 +64,7 @@ def measure(name: str, args, workdir: Path, queries: Path, nsd_port: int, procs:
     control("-d")
     time.sleep(1)
     process.stop()
-    counted = 0
-    for path in home.glob("callgrind.out*"):
-        for line in path.read_text(errors="replace").splitlines():
-            if line.startswith(("summary:", "totals:")):
-                counted = max(counted, int(line.split()[1]))
+    counted = instructions_counted(home)
     if not result.completed or not counted:
         return f"{name}: nothing counted (answered {result.completed})"
     return (f"{name:8} {counted / result.completed:>10,.0f} instructions per hit "

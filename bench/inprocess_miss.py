@@ -41,6 +41,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from callgrind import instructions_counted  # noqa: E402
+
 
 def callgrind(args) -> None:
     """Run this script under callgrind and print the instructions per miss."""
@@ -52,11 +54,9 @@ def callgrind(args) -> None:
         if args.pool_only:
             command.append("--pool-only")
         run = subprocess.run(command, capture_output=True, text=True, check=False)
-        totals = [line for path in out.glob("callgrind.out*") for line in path.read_text().splitlines()
-                  if line.startswith("totals:")]
-        if not totals:
+        instructions = instructions_counted(out)
+        if not instructions:
             raise SystemExit(f"callgrind wrote no totals:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}")
-        instructions = int(totals[0].split()[1])
         print(run.stdout.strip())
         print(f"{instructions / args.misses:,.0f} instructions per miss (user space, callgrind)")
     finally:

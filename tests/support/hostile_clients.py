@@ -91,17 +91,27 @@ def open_non_reading_clients(port: int, query: bytes, clients: int, count: int, 
 
 def open_idle_connections(port: int, count: int, host: str = "127.0.0.1") -> list[socket.socket]:
     """
-    ``count`` TCP connections to ``host:port`` that send nothing.  connect()
-    returns once the kernel completes the handshake, whether or not the
-    server has accepted the connection yet.
+    Up to ``count`` TCP connections to ``host:port`` that send nothing.
+    connect() returns once the kernel completes the handshake, whether or
+    not the server has accepted the connection yet.  A server past its
+    connection cap accepts and resets the extra ones; when that reset lands
+    before connect() has reported, the socket is closed and left out, so
+    fewer than ``count`` may come back.
     """
     socks = []
     try:
         for _ in range(count):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(s)
             s.settimeout(5.0)
-            s.connect((host, port))
+            try:
+                s.connect((host, port))
+            except ConnectionResetError:
+                s.close()
+                continue
+            except BaseException:
+                s.close()
+                raise
+            socks.append(s)
             s.setblocking(False)
     except BaseException:
         for s in socks:

@@ -14,6 +14,8 @@ out is only the listener's own ``recvfrom``/``sendto``.
                                                 # instructions per miss (needs valgrind)
     .venv/bin/python bench/inprocess_miss.py --callgrind --pool-only
                                                 # the upstream pool alone: UpstreamPool.ask per name
+    .venv/bin/python bench/inprocess_miss.py --garbage [--misses 5000]
+                                                # objects left in reference cycles per miss, by type
 
 With ``--callgrind`` the script runs itself under ``valgrind
 --tool=callgrind`` with instrumentation off, turns it on
@@ -84,6 +86,9 @@ def drive(args) -> None:
     from dnsgo.tap import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)
+    if args.garbage:
+        gc.collect()
+        gc.disable()
     workdir = Path(tempfile.mkdtemp(prefix="dnsgo-inproc-"))
     try:
         sizes = workload.Sizes(hit_names=10, cname_every=10**9, zipf_names=0, zipf_queries=0,
@@ -142,8 +147,25 @@ def drive(args) -> None:
             cpu = time.process_time() - started[0]
             wall = time.perf_counter() - started[1]
         print(f"{args.misses:,} misses: {cpu / args.misses * 1e6:.1f} µs CPU each, {args.misses / wall:,.0f} misses/s")
+        if args.garbage:
+            report_garbage(args.misses)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report_garbage(misses: int) -> None:
+    """Print what only the cyclic collector could free (collection was off during the run), by type."""
+    import collections
+    import gc
+
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    found = gc.collect()
+    kinds = collections.Counter(type(o).__qualname__ for o in gc.garbage)
+    gc.garbage.clear()
+    gc.set_debug(0)
+    print(f"{found:,} objects in reference cycles ({found / misses:.1f} per miss); the commonest types:")
+    for kind, count in kinds.most_common(12):
+        print(f"  {count:>9,}  {kind}")
 
 
 def main() -> None:
@@ -153,6 +175,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="misses in flight at once")
     parser.add_argument("--callgrind", action="store_true", help="count instructions under valgrind")
     parser.add_argument("--pool-only", action="store_true", help="ask the upstream pool directly")
+    parser.add_argument("--garbage", action="store_true",
+                        help="turn the cyclic garbage collector off, then report what it alone could free")
     parser.add_argument("--toggle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.misses is None:

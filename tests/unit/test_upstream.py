@@ -6,6 +6,7 @@ UDP ports) to check timing and bookkeeping exactly; the second runs real
 UDP and TCP sockets on 127.0.0.1 against small fake upstream servers.
 """
 import errno
+import gc
 import struct
 import time
 
@@ -24,6 +25,8 @@ from dnsgo.upstream.pool import (
     UpstreamPool,
     UpstreamReply,
     UpstreamTimeout,
+    _Exchange,
+    _Resolution,
     out_of_descriptors,
 )
 from tests.support.upstream_fakes import (
@@ -1185,6 +1188,53 @@ class AskTests(SynchronousTestCase):
         port.deliver(reply_to(decode(port.written[0])))
         self.assertEqual(address_of(queried[0]), ANSWER_ADDRESS)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
+class NoCycleTests(SynchronousTestCase):
+    """
+    A finished resolution leaves no reference cycle behind: its memory
+    returns at once by reference counting, not at the cyclic garbage
+    collector's next run.
+    """
+
+    def setUp(self):
+        gc.collect()
+        gc.disable()
+        self.addCleanup(gc.enable)
+
+    def pool_objects(self) -> list:
+        """The resolutions and exchanges still alive anywhere."""
+        return [o for o in gc.get_objects() if isinstance(o, (_Resolution, _Exchange))]
+
+    def test_answered(self):
+        """After an answered ask() and query(), no resolution or exchange is left alive."""
+        fake, _, pool = fake_pool()
+        asked = []
+        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
+        queried = results(pool.query(QNAME, dns.A))
+        [port] = fake.udp_ports
+        port.deliver(reply_to(decode(port.written[0])))
+        self.assertEqual(address_of(queried[0]), ANSWER_ADDRESS)
+        del port
+        self.assertEqual(self.pool_objects(), [])
+
+    def test_timed_out(self):
+        """After a resolution runs out of budget (both servers tried), none is left alive."""
+        fake, _, pool = fake_pool(timeout=0.5, retries=1)
+        asked = []
+        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
+        fake.advance(5)
+        self.assertIsInstance(asked[0], UpstreamTimeout)
+        self.assertEqual(self.pool_objects(), [])
+
+    def test_cancelled(self):
+        """After the only caller cancels, none is left alive."""
+        fake, _, pool = fake_pool()
+        d = pool.query(QNAME, dns.A)
+        d.addErrback(lambda f: None)
+        d.cancel()
+        del d
+        self.assertEqual(self.pool_objects(), [])
 
 
 class QueryIdTests(SynchronousTestCase):

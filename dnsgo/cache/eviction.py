@@ -22,7 +22,9 @@ hold ``num_shards`` segments of one policy, chosen by ``eviction``:
 ``bench/eviction_sim.py`` measures both on a Zipf trace and on one with a
 scan (docs/architecture.md has the figures that chose the default).
 
-Every segment keeps its size in bytes: the sum of its entries' ``cost``.
+Every segment keeps its size: the sum of its entries' ``cost``, in units
+of ``unit`` bytes (the caches count in :data:`dnsgo.cache.sizing.COST_UNIT`
+so that costs are small shared ints); its budget is given in bytes.
 Entries are objects with a ``cost`` attribute and a mutable ``freq`` one,
 where S3-FIFO counts hits (LRU leaves it alone), so the policy needs no
 memory of its own per entry.  S3-FIFO sets its ghost
@@ -48,12 +50,13 @@ MAX_FREQ = 3
 class LruSegment:
     """A byte-bounded map that evicts the least recently used entry."""
 
-    __slots__ = ("_entries", "size", "budget", "evicts")
+    __slots__ = ("_entries", "size", "budget", "unit", "evicts")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, unit: int = 1) -> None:
         self._entries: OrderedDict = OrderedDict()
-        self.size = 0
-        self.budget = budget
+        self.size = 0  # the entries' costs, in units
+        self.unit = unit
+        self.budget = budget // unit
         self.evicts = 0
 
     def get(self, key):
@@ -167,15 +170,16 @@ class GhostFilter:
 class S3FifoSegment:
     """A byte-bounded map evicting by S3-FIFO (see the module docstring)."""
 
-    __slots__ = ("_small", "_main", "_ghost", "_small_size", "size", "budget", "evicts")
+    __slots__ = ("_small", "_main", "_ghost", "_small_size", "size", "budget", "unit", "evicts")
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, unit: int = 1) -> None:
         self._small: OrderedDict = OrderedDict()
         self._main: OrderedDict = OrderedDict()
         self._ghost = GhostFilter(max(1, budget // TYPICAL_ENTRY))
         self._small_size = 0
-        self.size = 0  # the entries' costs
-        self.budget = max(0, budget - self._ghost.cost)  # the ghost filter's bytes are set aside
+        self.size = 0  # the entries' costs, in units
+        self.unit = unit
+        self.budget = max(0, budget - self._ghost.cost) // unit  # the ghost filter's bytes are set aside
         self.evicts = 0
 
     def get(self, key):

@@ -27,8 +27,10 @@ What is cached (decided from the bytes, :func:`dnsgo.dns.wire.scan_response`):
   the resolver.
 
 The cache is split into ``num_shards`` segments (:mod:`dnsgo.cache.eviction`:
-S3-FIFO by default, or LRU), each bounded by ``max_size_mb * 2**20 /
-num_shards`` bytes of estimated memory (see :func:`entry_cost`).  Time comes from ``reactor.seconds()``.
+S3-FIFO by default, or LRU), each bounded by an equal share of
+``max_size_mb * 2**20`` bytes of estimated memory (see :func:`entry_cost`),
+less the fixed cost of the TTLs its entries share
+(:mod:`dnsgo.cache.sizing`).  Time comes from ``reactor.seconds()``.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from typing import Callable
 import attrs
 
 from dnsgo.cache.eviction import segment_class
+from dnsgo.cache.sizing import COST_UNIT, SharedInts, cost_units, shared_ints_capacity
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import wire
 
@@ -56,9 +59,10 @@ _TYPE_SOA = 6
 #   headers of the reply, key and TTL-map bytes objects (3 x 33, and
 #   pymalloc's rounding to 8 bytes, about 4 each) .......................... 111
 #   the stored_at float ..................................................... 24
-#   the lifetime and cost ints (2 x 32) ..................................... 64
-# hits and elapsed are mostly small ints, which CPython shares.
-_ENTRY_OVERHEAD = 88 + 95 + 111 + 24 + 64
+# The lifetime and cost ints are charged apart (dnsgo.cache.sizing): a
+# cost is a shared small int (8-byte units), a lifetime usually a shared
+# TTL.  hits and elapsed are mostly small ints, which CPython shares.
+_ENTRY_OVERHEAD = 88 + 95 + 111 + 24
 # Per resource record: its 6 bytes in the TTL map (offset and TTL).
 _RECORD_OVERHEAD = 6
 
@@ -66,7 +70,8 @@ _RECORD_OVERHEAD = 6
 def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) -> int:
     """
     Return the bytes of memory an entry holds: its reply, its key, its TTL
-    map and the fixed overhead of the structures around them.
+    map and the fixed overhead of the structures around them; not its
+    lifetime and cost ints (see :mod:`dnsgo.cache.sizing`).
     """
     return body_length + key_length + _ENTRY_OVERHEAD + len(ttl_offsets) * _RECORD_OVERHEAD
 
@@ -170,8 +175,11 @@ class MessageCache:
             raise ValueError("need 0 <= min_ttl <= max_ttl, not %r, %r" % (min_ttl, max_ttl))
         self._seconds = reactor.seconds
         self._mask = num_shards - 1
-        self._shard_budget = int(max_size_mb * 2**20) // num_shards
-        self._shards = [segment_class(eviction)(self._shard_budget) for _ in range(num_shards)]
+        budget = int(max_size_mb * 2**20)
+        self._ttls = SharedInts(shared_ints_capacity(budget))
+        self._max_size = budget
+        self._shard_budget = (budget - self._ttls.cost) // num_shards
+        self._shards = [segment_class(eviction)(self._shard_budget, COST_UNIT) for _ in range(num_shards)]
         self._num_shards = num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
@@ -325,7 +333,7 @@ class MessageCache:
         ttls = _cache_ttls(body, layout, self._min_ttl, self._max_ttl, self._negative_cap)
         if ttls is None:
             return False
-        lifetime = min(ttls)
+        lifetime = self._ttls.share(min(ttls))
         if lifetime <= 0:
             return False
         key = q.key
@@ -336,9 +344,10 @@ class MessageCache:
             rendered = wire.render_ttls(body, offsets, ttls, 0)
         if self._keeps_opt(key):
             rendered = self._append_opt(rendered, bool(key[-1] & wire.KEY_DO))
-        cost = entry_cost(len(key), len(rendered), offsets)
-        if cost > self._shard_budget:
+        nbytes = entry_cost(len(key), len(rendered), offsets) + self._ttls.owned_bytes(lifetime)
+        if nbytes > self._shard_budget:
             return False
+        cost = cost_units(nbytes)
         shard = self._shards[hash(key) & self._mask]
         old = shard.peek(key)
         hits = old.hits if old is not None else 0
@@ -435,8 +444,8 @@ class MessageCache:
             misses=self._misses,
             evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(shard.size for shard in self._shards),
-            max_size_bytes=self._shard_budget * self._num_shards,
+            size_bytes=sum(shard.size for shard in self._shards) * COST_UNIT,
+            max_size_bytes=self._max_size,
             num_shards=self._num_shards,
             entries=sum(len(shard) for shard in self._shards),
         )

@@ -51,7 +51,10 @@ MAILA and MAILB (not cached at all).
 Storage: ``num_shards`` segments (:mod:`dnsgo.cache.eviction`: S3-FIFO by
 default, or LRU) picked by the hash of
 the lowercased name (so every entry of a name lives in one shard), each
-bounded by ``max_size_mb * 2**20 / num_shards`` bytes of estimated memory.
+bounded by an equal share of ``max_size_mb * 2**20`` bytes of estimated
+memory, less the fixed cost of the TTLs entries share (:mod:`dnsgo.cache.sizing`).
+An RRset of one record keeps its rdata bytes without a tuple around them,
+and an owner equal to the lowercased name is that same object.
 Only the records' rdata is kept, in wire form; every read builds new
 ``dns.RRHeader`` and ``dns.Record_*`` objects.  Expired
 entries are dropped when read, or by LRU eviction; :meth:`RRsetCache.stats`
@@ -84,6 +87,7 @@ import attrs
 from twisted.names import dns
 
 from dnsgo.cache.eviction import segment_class
+from dnsgo.cache.sizing import COST_UNIT, SharedInts, cost_units, shared_ints_capacity
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import records as wire_records
 from dnsgo.dns.names import wire_to_dotted
@@ -105,12 +109,13 @@ _NAME_LEVEL = -1
 
 _new_tuple = tuple.__new__
 
-#: Estimated bytes of one entry besides its names and rdata: the segment's
-#: OrderedDict slot and link, the key tuple, the entry object (10 slots),
-#: the rdata tuple, the stored-at float and the TTL and cost ints.  Measured
-#: with tracemalloc on CPython 3.11 (bench/entry_memory.py: within a few
-#: percent above what tracemalloc sees, so the byte bound holds).
-_ENTRY_OVERHEAD = 370
+#: Estimated bytes of one entry besides its names, rdata (and the tuple of
+#: them, for more than one record) and TTL int: the segment's OrderedDict
+#: slot and link, the key tuple, the entry object (10 slots) and the
+#: stored-at float; the cost is a shared small int (dnsgo.cache.sizing).
+#: Measured with tracemalloc on CPython 3.11 (bench/entry_memory.py:
+#: within a few percent above what tracemalloc sees, so the byte bound holds).
+_ENTRY_OVERHEAD = 262
 
 
 
@@ -131,24 +136,32 @@ UPSTREAM, SHARED, LOADED = "upstream", "shared", "load"
 @attrs.define(eq=False)
 class CachedRRset:
     """
-    One cached RRset: the payloads (``dns.Record_*`` objects, or uncompressed
-    rdata bytes not yet decoded), the owner as received, when it was stored
-    and for how long, its rank, where it came from, and its estimated cost.
-    Only ``freq``, the eviction policy's hit count, ever changes, and
-    ``stored_at``, ``ttl`` and ``source`` when the same RRset comes again
-    and lasts longer (as Unbound renews the TTL of equal data).
+    One cached RRset: its records' uncompressed rdata (``rdata``: the bytes
+    of its one record, or a tuple of them; :attr:`payloads` is always a
+    tuple), the owner as received, when it was stored and for how long, its
+    rank, where it came from, and its estimated cost in
+    :data:`~dnsgo.cache.sizing.COST_UNIT` units.  Only ``freq``, the
+    eviction policy's hit count, ever changes, and ``stored_at``, ``ttl``
+    and ``source`` when the same RRset comes again and lasts longer (as
+    Unbound renews the TTL of equal data).
     """
 
     owner: bytes
     type: int
     cls: int
-    payloads: tuple
+    rdata: bytes | tuple
     ttl: int
     stored_at: float
     rank: Rank
     cost: int
     source: str = UPSTREAM
     freq: int = 0
+
+    @property
+    def payloads(self) -> tuple:
+        """The records' rdata, as a tuple."""
+        rdata = self.rdata
+        return (rdata,) if rdata.__class__ is bytes else rdata
 
 
 @attrs.define(eq=False)
@@ -201,11 +214,12 @@ class RRsetCache:
         self._reactor = reactor
         self._mask = num_shards - 1
         self._max_size = int(max_size_mb * 2**20)
-        self._shard_limit = self._max_size // num_shards
+        self._ttls = SharedInts(shared_ints_capacity(self._max_size))
+        self._shard_limit = (self._max_size - self._ttls.cost) // num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
-        self._shards = [segment_class(eviction)(self._shard_limit) for _ in range(num_shards)]
+        self._shards = [segment_class(eviction)(self._shard_limit, COST_UNIT) for _ in range(num_shards)]
         self._hits = 0
         self._misses = 0
 
@@ -283,14 +297,25 @@ class RRsetCache:
         # Kept in wire form, whatever form it came in: decoded on each read.
         if not all(p.__class__ is bytes for p in payloads):
             payloads = tuple(p if p.__class__ is bytes else wire_records.rdata_of(p) for p in payloads)
-        if old.__class__ is CachedRRset and old.rank == rank and old.payloads == payloads and old.owner == owner:
-            # The same RRset again (the zone's NS and glue ride along with
-            # every answer): renew it where it is, when that lasts longer.
+        ttl = self._ttls.share(ttl)
+        ttl_bytes = self._ttls.owned_bytes(ttl)
+        if (old.__class__ is CachedRRset and old.rank == rank and old.payloads == payloads and old.owner == owner
+                and ttl_bytes <= self._ttls.owned_bytes(old.ttl)):
+            # The same RRset again: renew it where it is, when that lasts longer.
             if stored_at + ttl > old.stored_at + old.ttl:
                 old.stored_at, old.ttl, old.source = stored_at, ttl, source
             return
-        cost = _ENTRY_OVERHEAD + 2 * sys.getsizeof(name) + sum(map(sys.getsizeof, payloads))
-        self._put(index, key, CachedRRset(owner, type, cls, payloads, ttl, stored_at, rank, cost, source))
+        if owner == name:
+            owner = name  # one object for the key's name and the owner: the usual, lowercase, case
+        nbytes = _ENTRY_OVERHEAD + sys.getsizeof(name) + ttl_bytes + sum(map(sys.getsizeof, payloads))
+        if owner is not name:
+            nbytes += sys.getsizeof(owner)
+        if len(payloads) == 1:
+            rdata = payloads[0]
+        else:
+            rdata = payloads
+            nbytes += sys.getsizeof(payloads)
+        self._put(index, key, CachedRRset(owner, type, cls, rdata, ttl, stored_at, rank, cost_units(nbytes), source))
 
     def _put_negative(
         self, name: bytes, type: int | None, cls: int, rcode: int, soa_rr, ttl: int,
@@ -305,8 +330,10 @@ class RRsetCache:
             self._remove(index, (name, _NAME_LEVEL, cls))
         owner = soa_rr.name.name
         soa = wire_records.rdata_of(soa_rr.payload)
-        cost = _ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + sys.getsizeof(soa)
-        self._put(index, key, CachedNegative(rcode, owner, soa, cls, ttl, stored_at, cost, source))
+        ttl = self._ttls.share(ttl)
+        nbytes = (_ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + sys.getsizeof(soa)
+                  + self._ttls.owned_bytes(ttl))
+        self._put(index, key, CachedNegative(rcode, owner, soa, cls, ttl, stored_at, cost_units(nbytes), source))
 
     # -- reading ---------------------------------------------------------
 
@@ -485,7 +512,7 @@ class RRsetCache:
             misses=self._misses,
             evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(shard.size for shard in self._shards),
+            size_bytes=sum(shard.size for shard in self._shards) * COST_UNIT,
             max_size_bytes=self._max_size,
             num_shards=len(self._shards),
             entries=sum(map(len, self._shards)),
@@ -504,7 +531,7 @@ class RRsetCache:
         return entry
 
     def _put(self, index: int, key, entry) -> None:
-        if entry.cost > self._shard_limit:
+        if entry.cost * COST_UNIT > self._shard_limit:
             self._remove(index, key)
             return
         self._shards[index].put(key, entry)

@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.internet import task
 from twisted.trial import unittest
 
-from dnsgo.cache.message import MessageCache
+from dnsgo.cache.message import MessageCache, entry_cost
+from dnsgo.cache.sizing import COST_UNIT, cost_units
 from dnsgo.dns import wire
 from dnsgo.resolve.chain import Chain
 from dnsgo.serve.acl import ClientFilter
@@ -85,8 +86,14 @@ class CacheViewTests(unittest.TestCase):
 
     def test_cost_counts_the_opt(self):
         """The entry's accounted cost includes the OPT's bytes."""
-        self.store_both(make_query(True, False, 4096))
-        self.assertEqual(self.cache.stats().size_bytes - self.plain.stats().size_bytes, wire.APPENDED_OPT_LENGTH)
+        query = make_query(True, False, 4096)
+        q = self.store_both(query)
+        body = reply_body(query, 2)
+        plain = entry_cost(len(q.key), len(body), wire.scan_response(body).ttl_offsets)
+        opt = plain + wire.APPENDED_OPT_LENGTH
+        self.assertEqual(self.plain.stats().size_bytes, cost_units(plain) * COST_UNIT)
+        self.assertEqual(self.cache.stats().size_bytes, cost_units(opt) * COST_UNIT)
+        self.assertGreater(cost_units(opt), cost_units(plain))
 
 
 def handler(cache: MessageCache) -> QueryHandler:

@@ -25,6 +25,7 @@ from dnsgo.dns import wire
 from dnsgo.cache import message as message_module
 from dnsgo.cache.stats import CacheStats
 from dnsgo.cache.message import MessageCache
+from dnsgo.cache.sizing import COST_UNIT, SharedInts, cost_units, shared_ints_capacity
 from dnsgo.serve.reply import encode_reply
 
 WWW = "www.example.com"
@@ -347,8 +348,9 @@ class LRUTests(_Base):
     def test_eviction_order(self):
         """With eviction lru, when a shard is full the least recently used entry goes; a hit refreshes recency."""
         a, b, c_, d = _names(4)
-        cost = message_module.entry_cost(len(a.key), len(positive(a)), wire.scan_response(positive(a)).ttl_offsets)
-        cache = self.cache(num_shards=1, max_size_mb=(3 * cost + cost // 2) / 2**20, eviction="lru")
+        cost = cost_units(message_module.entry_cost(len(a.key), len(positive(a)), wire.scan_response(positive(a)).ttl_offsets))
+        budget = (3 * cost + cost // 2) * COST_UNIT + SharedInts(shared_ints_capacity(4096)).cost
+        cache = self.cache(num_shards=1, max_size_mb=budget / 2**20, eviction="lru")
         for q in (a, b, c_):
             self.assertTrue(cache.store(q, positive(q)))
         self.assertIsNotNone(cache.lookup(a))
@@ -449,7 +451,9 @@ class StatsTests(_Base):
                 misses=1,
                 evicts=0,
                 hit_rate=66.67,
-                size_bytes=message_module.entry_cost(len(q.key), len(body), wire.scan_response(body).ttl_offsets),
+                # The TTL is one the cache shares: the entry pays nothing for it.
+                size_bytes=cost_units(message_module.entry_cost(len(q.key), len(body), wire.scan_response(body).ttl_offsets))
+                * COST_UNIT,
                 max_size_bytes=2**20,
                 num_shards=4,
                 entries=1,

@@ -26,14 +26,16 @@ Every segment keeps its size: the sum of its entries' ``cost``, in units
 of ``unit`` bytes (the caches count in :data:`dnsgo.cache.sizing.COST_UNIT`
 so that costs are small shared ints); its budget is given in bytes.
 Entries are objects with a ``cost`` attribute and a mutable ``freq`` one,
-where S3-FIFO counts hits (LRU leaves it alone), so the policy needs no
-memory of its own per entry.  S3-FIFO sets its ghost
+where S3-FIFO counts hits (LRU leaves it alone), so the policy keeps
+nothing per entry besides its map slot, whose bytes each segment class
+states (``SLOT_BYTES``) for the caches to charge.  S3-FIFO's queues are
+:class:`FifoQueue` (a dict and a deque of keys), and it sets its ghost
 filter's bitmaps (about 0.8 % of the budget) aside from the budget first,
 so the bound covers everything the policy holds.  :meth:`put` evicts until the segment fits its budget.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 
 #: The entry size the ghost filter is sized for: it remembers about
 #: ``budget / TYPICAL_ENTRY`` keys, two bytes each (an L1 or L2 entry of
@@ -49,6 +51,11 @@ MAX_FREQ = 3
 
 class LruSegment:
     """A byte-bounded map that evicts the least recently used entry."""
+
+    #: Bytes the segment holds per entry besides the entry and its key: an
+    #: OrderedDict slot (hash table entry and index, fast-node array and
+    #: linked-list node; 75 to 105 depending on how full it is).
+    SLOT_BYTES = 95
 
     __slots__ = ("_entries", "size", "budget", "unit", "evicts")
 
@@ -167,14 +174,102 @@ class GhostFilter:
         self._count = 0
 
 
-class S3FifoSegment:
-    """A byte-bounded map evicting by S3-FIFO (see the module docstring)."""
+class FifoQueue:
+    """
+    A FIFO queue of keyed entries for S3-FIFO: a plain dict and a deque of
+    its keys, oldest first.  An OrderedDict costs about 50 bytes more per
+    entry than a dict; the deque costs 8.
 
-    __slots__ = ("_small", "_main", "_ghost", "_small_size", "size", "budget", "unit", "evicts")
+    A removed key stays in the deque and is counted as stale; every stale
+    occurrence of a key comes before its live one (a key enters only by
+    :meth:`append`, at the end), so :meth:`pop_oldest` skips exactly the
+    stale ones.  When stale keys pass an eighth of the queue, the deque is
+    rebuilt without them, so they never hold much memory.
+    """
+
+    __slots__ = ("entries", "_order", "_stale", "_stale_count")
+
+    def __init__(self) -> None:
+        #: key -> entry; lookups and in-place updates use it directly.
+        self.entries: dict = {}
+        self._order: deque = deque()
+        self._stale: dict = {}  # key -> how many of its occurrences in _order are stale
+        self._stale_count = 0
+
+    def append(self, key, entry) -> None:
+        """Add ``entry`` at ``key`` (not in the queue) as the newest."""
+        self.entries[key] = entry
+        self._order.append(key)
+
+    def remove(self, key):
+        """Remove and return the entry at ``key``, or None."""
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self._stale[key] = self._stale.get(key, 0) + 1
+            self._stale_count += 1
+            if self._stale_count > 32 + len(self.entries) // 8:
+                self._order = deque(self.keys())
+                self._stale.clear()
+                self._stale_count = 0
+        return entry
+
+    def pop_oldest(self):
+        """Remove and return the oldest ``(key, entry)``; the queue must not be empty."""
+        order, stale = self._order, self._stale
+        while True:
+            key = order.popleft()
+            left = stale.get(key)
+            if not left:
+                return key, self.entries.pop(key)
+            if left == 1:
+                del stale[key]
+            else:
+                stale[key] = left - 1
+            self._stale_count -= 1
+
+    def keys(self) -> list:
+        """The keys, oldest first."""
+        stale = dict(self._stale)
+        keys = []
+        for key in self._order:
+            left = stale.get(key)
+            if left:
+                stale[key] = left - 1
+            else:
+                keys.append(key)
+        return keys
+
+    def clear(self) -> None:
+        """Remove everything."""
+        self.entries.clear()
+        self._order.clear()
+        self._stale.clear()
+        self._stale_count = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, key) -> bool:
+        return key in self.entries
+
+
+class S3FifoSegment:
+    """A byte-bounded map evicting by S3-FIFO (see the module docstring); its queues are :class:`FifoQueue`."""
+
+    #: Bytes the segment holds per entry besides the entry and its key: a
+    #: dict slot (hash table entry and index, 30 to 60 depending on how full
+    #: it is) and a deque slot (8), with room for the stale keys a
+    #: :class:`FifoQueue` may keep.
+    SLOT_BYTES = 65
+
+    __slots__ = ("_small", "_main", "_small_entries", "_main_entries", "_ghost", "_small_size", "size", "budget",
+                 "unit", "evicts")
 
     def __init__(self, budget: int, unit: int = 1) -> None:
-        self._small: OrderedDict = OrderedDict()
-        self._main: OrderedDict = OrderedDict()
+        self._small = FifoQueue()
+        self._main = FifoQueue()
+        self._small_entries = self._small.entries
+        self._main_entries = self._main.entries
         self._ghost = GhostFilter(max(1, budget // TYPICAL_ENTRY))
         self._small_size = 0
         self.size = 0  # the entries' costs, in units
@@ -184,9 +279,9 @@ class S3FifoSegment:
 
     def get(self, key):
         """The entry at ``key``, or None; a hit is counted in the entry's ``freq`` (up to MAX_FREQ)."""
-        entry = self._small.get(key)
+        entry = self._small_entries.get(key)
         if entry is None:
-            entry = self._main.get(key)
+            entry = self._main_entries.get(key)
             if entry is None:
                 return None
         if entry.freq < MAX_FREQ:
@@ -195,8 +290,8 @@ class S3FifoSegment:
 
     def peek(self, key):
         """The entry at ``key``, or None; nothing is counted."""
-        entry = self._small.get(key)
-        return entry if entry is not None else self._main.get(key)
+        entry = self._small_entries.get(key)
+        return entry if entry is not None else self._main_entries.get(key)
 
     def put(self, key, entry) -> None:
         """
@@ -205,23 +300,24 @@ class S3FifoSegment:
         else in the small queue; then evict until the segment fits.
         """
         cost = entry.cost
-        old = self._small.get(key)
+        small, main = self._small_entries, self._main_entries
+        old = small.get(key)
         if old is not None:
             delta = cost - old.cost
             self._small_size += delta
             self.size += delta
             entry.freq = old.freq
-            self._small[key] = entry
-        elif key in self._main:
-            old = self._main[key]
+            small[key] = entry
+        elif key in main:
+            old = main[key]
             self.size += cost - old.cost
             entry.freq = old.freq
-            self._main[key] = entry
+            main[key] = entry
         elif key in self._ghost:
             self.size += cost
-            self._main[key] = entry
+            self._main.append(key, entry)
         else:
-            self._small[key] = entry
+            self._small.append(key, entry)
             self._small_size += cost
             self.size += cost
         if self.size > self.budget:
@@ -229,22 +325,22 @@ class S3FifoSegment:
 
     def replace(self, key, entry) -> None:
         """Put ``entry`` in place of the entry at ``key`` (a new cost, the same place and hit count); no eviction."""
-        queue = self._small if key in self._small else self._main
+        queue = self._small_entries if key in self._small_entries else self._main_entries
         old = queue[key]
         delta = entry.cost - old.cost
         entry.freq = old.freq
         queue[key] = entry
-        if queue is self._small:
+        if queue is self._small_entries:
             self._small_size += delta
         self.size += delta
 
     def pop(self, key):
         """Remove and return the entry at ``key``, or None (its key is not remembered as a ghost)."""
-        entry = self._small.pop(key, None)
+        entry = self._small.remove(key)
         if entry is not None:
             self._small_size -= entry.cost
         else:
-            entry = self._main.pop(key, None)
+            entry = self._main.remove(key)
             if entry is None:
                 return None
         self.size -= entry.cost
@@ -260,34 +356,35 @@ class S3FifoSegment:
 
     def items(self):
         """(key, entry) pairs: the small queue, then the main one, each oldest first (a list)."""
-        return [*self._small.items(), *self._main.items()]
+        small, main = self._small_entries, self._main_entries
+        return [*((k, small[k]) for k in self._small.keys()), *((k, main[k]) for k in self._main.keys())]
 
     def keys(self):
         """The keys (a list)."""
-        return [*self._small, *self._main]
+        return [*self._small.keys(), *self._main.keys()]
 
     def __len__(self) -> int:
-        return len(self._small) + len(self._main)
+        return len(self._small_entries) + len(self._main_entries)
 
     def _evict(self) -> None:
         small, main = self._small, self._main
         small_budget = self.budget * SMALL_SHARE
         while self.size > self.budget:
-            if small and (self._small_size > small_budget or not main):
-                key, entry = small.popitem(last=False)
+            if small.entries and (self._small_size > small_budget or not main.entries):
+                key, entry = small.pop_oldest()
                 self._small_size -= entry.cost
                 if entry.freq:  # hit while in the small queue: promoted, its count spent
                     entry.freq = 0
-                    main[key] = entry
+                    main.append(key, entry)
                     continue
                 self.size -= entry.cost
                 self.evicts += 1
                 self._ghost.add(key)
-            elif main:
-                key, entry = main.popitem(last=False)
+            elif main.entries:
+                key, entry = main.pop_oldest()
                 if entry.freq:
                     entry.freq -= 1
-                    main[key] = entry
+                    main.append(key, entry)
                     continue
                 self.size -= entry.cost
                 self.evicts += 1

@@ -54,15 +54,14 @@ _TYPE_SOA = 6
 # (tests/test_message_cache.py checks the total against tracemalloc;
 # bench/entry_memory.py prints it per entry):
 #   the _Entry object with 9 slots .......................................... 88
-#   the segment's OrderedDict slot (hash table entry and index, fast-node
-#   array and linked-list node; 75 to 105 depending on how full it is) ..... 95
 #   headers of the reply, key and TTL-map bytes objects (3 x 33, and
 #   pymalloc's rounding to 8 bytes, about 4 each) .......................... 111
 #   the stored_at float ..................................................... 24
+# The segment's slot is its policy's SLOT_BYTES (dnsgo.cache.eviction).
 # The lifetime and cost ints are charged apart (dnsgo.cache.sizing): a
 # cost is a shared small int (8-byte units), a lifetime usually a shared
 # TTL.  hits and elapsed are mostly small ints, which CPython shares.
-_ENTRY_OVERHEAD = 88 + 95 + 111 + 24
+_ENTRY_OVERHEAD = 88 + 111 + 24
 # Per resource record: its 6 bytes in the TTL map (offset and TTL).
 _RECORD_OVERHEAD = 6
 
@@ -70,8 +69,9 @@ _RECORD_OVERHEAD = 6
 def entry_cost(key_length: int, body_length: int, ttl_offsets: tuple[int, ...]) -> int:
     """
     Return the bytes of memory an entry holds: its reply, its key, its TTL
-    map and the fixed overhead of the structures around them; not its
-    lifetime and cost ints (see :mod:`dnsgo.cache.sizing`).
+    map and the fixed overhead of the structures around them; not the
+    segment's slot (its policy's ``SLOT_BYTES``) or its lifetime and cost
+    ints (see :mod:`dnsgo.cache.sizing`).
     """
     return body_length + key_length + _ENTRY_OVERHEAD + len(ttl_offsets) * _RECORD_OVERHEAD
 
@@ -179,7 +179,9 @@ class MessageCache:
         self._ttls = SharedInts(shared_ints_capacity(budget))
         self._max_size = budget
         self._shard_budget = (budget - self._ttls.cost) // num_shards
-        self._shards = [segment_class(eviction)(self._shard_budget, COST_UNIT) for _ in range(num_shards)]
+        segment = segment_class(eviction)
+        self._slot_bytes = segment.SLOT_BYTES
+        self._shards = [segment(self._shard_budget, COST_UNIT) for _ in range(num_shards)]
         self._num_shards = num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
@@ -344,7 +346,7 @@ class MessageCache:
             rendered = wire.render_ttls(body, offsets, ttls, 0)
         if self._keeps_opt(key):
             rendered = self._append_opt(rendered, bool(key[-1] & wire.KEY_DO))
-        nbytes = entry_cost(len(key), len(rendered), offsets) + self._ttls.owned_bytes(lifetime)
+        nbytes = entry_cost(len(key), len(rendered), offsets) + self._slot_bytes + self._ttls.owned_bytes(lifetime)
         if nbytes > self._shard_budget:
             return False
         cost = cost_units(nbytes)

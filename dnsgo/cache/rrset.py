@@ -110,12 +110,13 @@ _NAME_LEVEL = -1
 _new_tuple = tuple.__new__
 
 #: Estimated bytes of one entry besides its names, rdata (and the tuple of
-#: them, for more than one record) and TTL int: the segment's OrderedDict
-#: slot and link, the key tuple, the entry object (10 slots) and the
-#: stored-at float; the cost is a shared small int (dnsgo.cache.sizing).
-#: Measured with tracemalloc on CPython 3.11 (bench/entry_memory.py:
-#: within a few percent above what tracemalloc sees, so the byte bound holds).
-_ENTRY_OVERHEAD = 262
+#: them, for more than one record), TTL int and the segment's slot (its
+#: policy's SLOT_BYTES, dnsgo.cache.eviction): the key tuple, the entry
+#: object (10 slots) and the stored-at float; the cost is a shared small
+#: int (dnsgo.cache.sizing).  Measured with tracemalloc on CPython 3.11
+#: (bench/entry_memory.py: within a few percent above what tracemalloc
+#: sees, so the byte bound holds).
+_ENTRY_OVERHEAD = 167
 
 
 
@@ -219,7 +220,9 @@ class RRsetCache:
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
-        self._shards = [segment_class(eviction)(self._shard_limit, COST_UNIT) for _ in range(num_shards)]
+        segment = segment_class(eviction)
+        self._entry_overhead = _ENTRY_OVERHEAD + segment.SLOT_BYTES
+        self._shards = [segment(self._shard_limit, COST_UNIT) for _ in range(num_shards)]
         self._hits = 0
         self._misses = 0
 
@@ -307,7 +310,7 @@ class RRsetCache:
             return
         if owner == name:
             owner = name  # one object for the key's name and the owner: the usual, lowercase, case
-        nbytes = _ENTRY_OVERHEAD + sys.getsizeof(name) + ttl_bytes + sum(map(sys.getsizeof, payloads))
+        nbytes = self._entry_overhead + sys.getsizeof(name) + ttl_bytes + sum(map(sys.getsizeof, payloads))
         if owner is not name:
             nbytes += sys.getsizeof(owner)
         if len(payloads) == 1:
@@ -331,7 +334,7 @@ class RRsetCache:
         owner = soa_rr.name.name
         soa = wire_records.rdata_of(soa_rr.payload)
         ttl = self._ttls.share(ttl)
-        nbytes = (_ENTRY_OVERHEAD + sys.getsizeof(name) + sys.getsizeof(owner) + sys.getsizeof(soa)
+        nbytes = (self._entry_overhead + sys.getsizeof(name) + sys.getsizeof(owner) + sys.getsizeof(soa)
                   + self._ttls.owned_bytes(ttl))
         self._put(index, key, CachedNegative(rcode, owner, soa, cls, ttl, stored_at, cost_units(nbytes), source))
 

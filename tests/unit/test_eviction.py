@@ -1,5 +1,6 @@
 """The caches' segments (dnsgo.cache.eviction): S3-FIFO and LRU, bounded in bytes."""
 import sys
+from collections import OrderedDict
 
 import attrs
 from hypothesis import given, settings, strategies as st
@@ -65,12 +66,12 @@ class S3FifoTests(SynchronousTestCase):
         """At the head of the main queue, an entry with hits goes round again (one round per hit, up to 3)."""
         seg = S3FifoSegment(budget=1000)
         for key in "abc":
-            seg._main[key] = Item(key)
+            seg._main.append(key, Item(key))
             seg.size += 100
         seg.get("a")
         seg.size = seg.budget + 100  # over budget by one entry
         seg._evict()
-        self.assertEqual(list(seg._main), ["c", "a"])
+        self.assertEqual(seg.keys(), ["c", "a"])
         self.assertIsNone(seg.peek("b"))
         for _ in range(5):
             seg.get("c")
@@ -141,3 +142,118 @@ class BoundTests(SynchronousTestCase):
             self.assertLessEqual(seg.budget + (seg._ghost.cost if policy == "s3fifo" else 0), 2000)
             self.assertEqual(len(seg), len(seg.items()))
             self.assertEqual(len(set(seg.keys())), len(seg))
+
+
+class OrderedDictS3Fifo:
+    """
+    The reference: S3-FIFO with both queues as OrderedDicts, as
+    S3FifoSegment was before its main queue became a dict and a deque.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.small, self.main = OrderedDict(), OrderedDict()
+        self.ghost = GhostFilter(max(1, budget // eviction.TYPICAL_ENTRY))
+        self.small_size = self.size = self.evicts = 0
+        self.budget = max(0, budget - self.ghost.cost)
+
+    def get(self, key):
+        entry = self.small.get(key) or self.main.get(key)
+        if entry is not None and entry.freq < eviction.MAX_FREQ:
+            entry.freq += 1
+        return entry
+
+    def put(self, key, entry) -> None:
+        if key in self.small:
+            old = self.small[key]
+            self.small_size += entry.cost - old.cost
+            self.size += entry.cost - old.cost
+            entry.freq = old.freq
+            self.small[key] = entry
+        elif key in self.main:
+            old = self.main[key]
+            self.size += entry.cost - old.cost
+            entry.freq = old.freq
+            self.main[key] = entry
+        elif key in self.ghost:
+            self.size += entry.cost
+            self.main[key] = entry
+        else:
+            self.small[key] = entry
+            self.small_size += entry.cost
+            self.size += entry.cost
+        while self.size > self.budget:
+            if self.small and (self.small_size > self.budget * eviction.SMALL_SHARE or not self.main):
+                key, entry = self.small.popitem(last=False)
+                self.small_size -= entry.cost
+                if entry.freq:
+                    entry.freq = 0
+                    self.main[key] = entry
+                    continue
+                self.size -= entry.cost
+                self.evicts += 1
+                self.ghost.add(key)
+            elif self.main:
+                key, entry = self.main.popitem(last=False)
+                if entry.freq:
+                    entry.freq -= 1
+                    self.main[key] = entry
+                    continue
+                self.size -= entry.cost
+                self.evicts += 1
+            else:
+                return
+
+    def pop(self, key):
+        entry = self.small.pop(key, None)
+        if entry is not None:
+            self.small_size -= entry.cost
+        else:
+            entry = self.main.pop(key, None)
+        if entry is not None:
+            self.size -= entry.cost
+        return entry
+
+    def items(self):
+        return [*self.small.items(), *self.main.items()]
+
+
+_CHURN = st.lists(
+    st.tuples(st.sampled_from(["put", "put", "get", "get", "pop"]), st.integers(0, 24), st.integers(50, 300)),
+    min_size=50, max_size=600,
+)
+
+
+class FifoQueueTests(SynchronousTestCase):
+    """Queues as a dict and a deque of keys behave exactly as OrderedDicts did."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(_CHURN)
+    def test_same_as_ordered_dicts(self, ops):
+        """After every operation: the same entries in the same order, the same size and evictions."""
+        seg, ref = S3FifoSegment(budget=2000), OrderedDictS3Fifo(2000)
+        for op, n, cost in ops:
+            key = f"k{n}"
+            if op == "put":
+                seg.put(key, Item(key, cost))
+                ref.put(key, Item(key, cost))
+            elif op == "get":
+                self.assertEqual(seg.get(key), ref.get(key))
+            else:
+                self.assertEqual(seg.pop(key), ref.pop(key))
+            self.assertEqual(seg.items(), ref.items())
+            self.assertEqual([e.freq for _, e in seg.items()], [e.freq for _, e in ref.items()])
+            self.assertEqual((seg.size, seg.evicts), (ref.size, ref.evicts))
+
+    def test_stale_keys_are_dropped(self):
+        """Keys popped from the main queue do not pile up in its deque."""
+        seg = S3FifoSegment(budget=10**6)
+        for n in range(1000):
+            seg._ghost.add(f"k{n}")  # straight to the main queue
+            seg.put(f"k{n}", Item(f"k{n}", 10))
+        for n in range(1000):
+            seg.pop(f"k{n}")
+            seg._ghost.add(f"k{n}")
+            seg.put(f"k{n}", Item(f"k{n}", 10))
+        self.assertEqual(len(seg._main), 1000)
+        self.assertLessEqual(len(seg._main._order), 1000 + 32 + 1000 // 8 + 1)
+        self.assertEqual(seg.keys(), [f"k{n}" for n in range(1000)])

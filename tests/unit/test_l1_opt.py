@@ -14,6 +14,7 @@ from twisted.internet import task
 from twisted.trial import unittest
 
 from dnsgo.cache.message import MessageCache, entry_cost
+from dnsgo.cache.eviction import S3FifoSegment
 from dnsgo.cache.sizing import COST_UNIT, cost_units
 from dnsgo.dns import wire
 from dnsgo.resolve.chain import Chain
@@ -89,7 +90,7 @@ class CacheViewTests(unittest.TestCase):
         query = make_query(True, False, 4096)
         q = self.store_both(query)
         body = reply_body(query, 2)
-        plain = entry_cost(len(q.key), len(body), wire.scan_response(body).ttl_offsets)
+        plain = entry_cost(len(q.key), len(body), wire.scan_response(body).ttl_offsets) + S3FifoSegment.SLOT_BYTES
         opt = plain + wire.APPENDED_OPT_LENGTH
         self.assertEqual(self.plain.stats().size_bytes, cost_units(plain) * COST_UNIT)
         self.assertEqual(self.cache.stats().size_bytes, cost_units(opt) * COST_UNIT)

@@ -127,16 +127,23 @@ class OneActiveTests(HATestCase):
         probe = self.probe(cluster)
         active, status = yield cluster.wait_for_one_active(timeout=LEASE + 20)
         [standby] = [node for node in cluster.controls if node is not active]
-        self.assertEqual(status["term"], 1)
+        term = status["term"]
         self.assertEqual(status["mode"], "active_passive")
-        self.assertEqual(status["quorum"]["granted"], 6)
         self.assertEqual(status["quorum"]["required"], 4)
+        if term == 1:
+            self.assertEqual(status["quorum"]["granted"], 6)
+        else:
+            # Both control planes campaigned at once (a loaded machine can
+            # time them so) and split the first votes: a legal outcome, after
+            # which the winner needs a quorum, not every worker.
+            self.assertGreater(term, 1)
+            self.assertGreaterEqual(status["quorum"]["granted"], 4)
         self.assertEqual(sorted(v["worker_id"] for v in status["voters"] if v["voter"]), sorted(cluster.workers))
 
         yield self.watch_one_leader(cluster, 3 * LEASE, active.name)
 
         other = yield cluster.get(standby, "/api/ha")
-        self.assertEqual((other["role"], other["term"], other["leader"]), ("standby", 1, active.api_address))
+        self.assertEqual((other["role"], other["term"], other["leader"]), ("standby", term, active.api_address))
         self.assertEqual(other["site"], standby.site)
 
         # The standby answers reads, and refuses writes naming the leader.
@@ -155,7 +162,7 @@ class OneActiveTests(HATestCase):
             samples = {s.name: s.value for f in text_string_to_metric_families(response.body.decode())
                        for s in f.samples if s.name.startswith("dnsgo_ha_")}
             self.assertEqual(samples["dnsgo_ha_is_leader"], leading, node.name)
-            self.assertEqual(samples["dnsgo_ha_term"], 1)
+            self.assertEqual(samples["dnsgo_ha_term"], term)
             self.assertIn("dnsgo_ha_elections_total", samples)
         yield self.assert_dns_answered(probe)
 

@@ -178,7 +178,7 @@ class MessageCache:
         budget = int(max_size_mb * 2**20)
         self._ttls = SharedInts(shared_ints_capacity(budget))
         self._max_size = budget
-        self._shard_budget = (budget - self._ttls.cost) // num_shards
+        self._shard_budget = max(0, budget - self._ttls.cost) // num_shards
         segment = segment_class(eviction)
         self._slot_bytes = segment.SLOT_BYTES
         self._shards = [segment(self._shard_budget, COST_UNIT) for _ in range(num_shards)]

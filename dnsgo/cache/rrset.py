@@ -216,7 +216,7 @@ class RRsetCache:
         self._mask = num_shards - 1
         self._max_size = int(max_size_mb * 2**20)
         self._ttls = SharedInts(shared_ints_capacity(self._max_size))
-        self._shard_limit = (self._max_size - self._ttls.cost) // num_shards
+        self._shard_limit = max(0, self._max_size - self._ttls.cost) // num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl

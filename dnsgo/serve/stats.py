@@ -50,7 +50,11 @@ class QueryStats:
         by_key = self.by_key
         by_key[key] = by_key.get(key, 0) + 1
         latency = self.latency  # Histogram.observe, inlined: this runs for every query
-        latency.counts[bisect_left(latency.buckets, elapsed)] += 1
+        buckets = latency.buckets
+        if elapsed <= buckets[0]:
+            latency.counts[0] += 1  # a cache hit's few microseconds: the first bucket, without a search
+        else:
+            latency.counts[bisect_left(buckets, elapsed)] += 1
         latency.sum += elapsed
         latency.count += 1
 

@@ -39,8 +39,7 @@ from typing import Callable
 
 import attrs
 
-from dnsgo.cache.eviction import segment_class
-from dnsgo.cache.sizing import COST_UNIT, SharedInts, cost_units, shared_ints_capacity
+from dnsgo.cache.sizing import cost_units, shard_layout
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import wire
 
@@ -175,13 +174,10 @@ class MessageCache:
             raise ValueError("need 0 <= min_ttl <= max_ttl, not %r, %r" % (min_ttl, max_ttl))
         self._seconds = reactor.seconds
         self._mask = num_shards - 1
-        budget = int(max_size_mb * 2**20)
-        self._ttls = SharedInts(shared_ints_capacity(budget))
-        self._max_size = budget
-        self._shard_budget = max(0, budget - self._ttls.cost) // num_shards
-        segment = segment_class(eviction)
-        self._slot_bytes = segment.SLOT_BYTES
-        self._shards = [segment(self._shard_budget, COST_UNIT) for _ in range(num_shards)]
+        self._max_size = int(max_size_mb * 2**20)
+        self._layout = shard_layout(eviction, self._max_size, num_shards)
+        self._shards = self._layout.segments
+        self._ttls = self._layout.ttls
         self._num_shards = num_shards
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
@@ -346,8 +342,9 @@ class MessageCache:
             rendered = wire.render_ttls(body, offsets, ttls, 0)
         if self._keeps_opt(key):
             rendered = self._append_opt(rendered, bool(key[-1] & wire.KEY_DO))
-        nbytes = entry_cost(len(key), len(rendered), offsets) + self._slot_bytes + self._ttls.owned_bytes(lifetime)
-        if nbytes > self._shard_budget:
+        layout = self._layout
+        nbytes = entry_cost(len(key), len(rendered), offsets) + layout.slot_bytes + self._ttls.owned_bytes(lifetime)
+        if nbytes > layout.segment_budget:
             return False
         cost = cost_units(nbytes)
         shard = self._shards[hash(key) & self._mask]
@@ -446,7 +443,7 @@ class MessageCache:
             misses=self._misses,
             evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(shard.size for shard in self._shards) * COST_UNIT,
+            size_bytes=self._layout.size_bytes(),
             max_size_bytes=self._max_size,
             num_shards=self._num_shards,
             entries=sum(len(shard) for shard in self._shards),

@@ -86,8 +86,7 @@ from typing import NamedTuple
 import attrs
 from twisted.names import dns
 
-from dnsgo.cache.eviction import segment_class
-from dnsgo.cache.sizing import COST_UNIT, SharedInts, cost_units, shared_ints_capacity
+from dnsgo.cache.sizing import COST_UNIT, cost_units, shard_layout
 from dnsgo.cache.stats import CacheStats, hit_rate
 from dnsgo.dns import records as wire_records
 from dnsgo.dns.names import wire_to_dotted
@@ -215,14 +214,13 @@ class RRsetCache:
         self._reactor = reactor
         self._mask = num_shards - 1
         self._max_size = int(max_size_mb * 2**20)
-        self._ttls = SharedInts(shared_ints_capacity(self._max_size))
-        self._shard_limit = max(0, self._max_size - self._ttls.cost) // num_shards
+        self._layout = shard_layout(eviction, self._max_size, num_shards)
+        self._shards = self._layout.segments
+        self._ttls = self._layout.ttls
+        self._entry_overhead = _ENTRY_OVERHEAD + self._layout.slot_bytes
         self._min_ttl = min_ttl
         self._max_ttl = max_ttl
         self._negative_ttl = negative_ttl
-        segment = segment_class(eviction)
-        self._entry_overhead = _ENTRY_OVERHEAD + segment.SLOT_BYTES
-        self._shards = [segment(self._shard_limit, COST_UNIT) for _ in range(num_shards)]
         self._hits = 0
         self._misses = 0
 
@@ -515,7 +513,7 @@ class RRsetCache:
             misses=self._misses,
             evicts=sum(shard.evicts for shard in self._shards),
             hit_rate=hit_rate(self._hits, self._misses),
-            size_bytes=sum(shard.size for shard in self._shards) * COST_UNIT,
+            size_bytes=self._layout.size_bytes(),
             max_size_bytes=self._max_size,
             num_shards=len(self._shards),
             entries=sum(map(len, self._shards)),
@@ -534,7 +532,7 @@ class RRsetCache:
         return entry
 
     def _put(self, index: int, key, entry) -> None:
-        if entry.cost * COST_UNIT > self._shard_limit:
+        if entry.cost * COST_UNIT > self._layout.segment_budget:
             self._remove(index, key)
             return
         self._shards[index].put(key, entry)

@@ -22,11 +22,17 @@ lifetime and its cost) were 15 % of it.  Two measures remove most of them:
   with an upstream whose TTLs count down (a recursive resolver), values
   past the first ``capacity`` are simply charged in full, as before.
 
-Nothing here is a singleton: each cache owns its :class:`SharedInts`.
+:func:`shard_layout` splits a cache's budget among its segments once the
+shared ints' fixed cost is set aside, for both caches.  Nothing here is a
+singleton: each cache owns its :class:`SharedInts`.
 """
 from __future__ import annotations
 
 import sys
+
+import attrs
+
+from dnsgo.cache.eviction import segment_class
 
 #: The unit the segments count sizes in (bytes).
 COST_UNIT = 8
@@ -86,3 +92,29 @@ class SharedInts:
 
     def __len__(self) -> int:
         return len(self._kept)
+
+
+@attrs.frozen
+class ShardLayout:
+    """
+    How a cache's budget is split: its segments, the TTL ints they share
+    (whose fixed cost was set aside first), each segment's budget in bytes,
+    and the bytes the policy's slot costs an entry (``SLOT_BYTES``).
+    """
+
+    segments: list
+    ttls: SharedInts
+    segment_budget: int
+    slot_bytes: int
+
+    def size_bytes(self) -> int:
+        """The entries' accounted bytes, over all segments."""
+        return sum(segment.size for segment in self.segments) * COST_UNIT
+
+
+def shard_layout(policy: str, budget: int, num_shards: int) -> ShardLayout:
+    """``num_shards`` segments of eviction ``policy`` sharing ``budget`` bytes, less the shared TTL ints' fixed cost."""
+    ttls = SharedInts(shared_ints_capacity(budget))
+    segment = segment_class(policy)
+    each = max(0, budget - ttls.cost) // num_shards
+    return ShardLayout([segment(each, COST_UNIT) for _ in range(num_shards)], ttls, each, segment.SLOT_BYTES)

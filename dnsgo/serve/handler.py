@@ -325,16 +325,18 @@ class QueryHandler:
         d.addCallback(lambda _: None)
         return d
 
+    def _udp_limit(self, q: wire.QueryInfo) -> int:
+        """The largest reply ``q``'s client takes over UDP: 512 without EDNS, else its size or this server's, the smaller."""
+        return min(q.udp_size, self._edns_udp_size) if q.edns else 512
+
     def _udp_room(self, q: wire.QueryInfo) -> int:
         """
         The largest L1 hit for ``q`` that goes over UDP as it is but for the
         OPT record (see _finish): the client's limit, less the OPT when L1
         does not include it.
         """
-        if not q.edns:
-            return 512
-        limit = min(q.udp_size, self._edns_udp_size)
-        return limit if self._opt_in_l1 else limit - wire.APPENDED_OPT_LENGTH
+        limit = self._udp_limit(q)
+        return limit - wire.APPENDED_OPT_LENGTH if q.edns and not self._opt_in_l1 else limit
 
     def _hit_reply(self, hit: bytes, q: wire.QueryInfo, tcp: bool, room: int) -> bytes:
         """The reply to send for an L1 hit (``room``: :meth:`_udp_room`)."""
@@ -347,12 +349,7 @@ class QueryHandler:
 
     def _finish(self, body: bytes, q: wire.QueryInfo, tcp: bool, ede=None) -> bytes:
         """Truncate for this client if needed and add its OPT record."""
-        if tcp:
-            limit = TCP_LIMIT
-        elif q.edns:
-            limit = min(q.udp_size, self._edns_udp_size)
-        else:
-            limit = 512
+        limit = TCP_LIMIT if tcp else self._udp_limit(q)
         opt_size = (11 + (4 + 2 + len(ede[1]) if ede else 0)) if q.edns else 0
         if len(body) + opt_size > limit:
             body = wire.truncate(body, 12 + len(q.question))

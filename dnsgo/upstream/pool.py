@@ -538,19 +538,13 @@ class _Resolution:
     def _finish(self, reply: UpstreamReply | None, timed_out: bool) -> None:
         if self._done:
             return
-        self._done = True
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-        self._stop_exchanges(_FAILED if timed_out else _ABANDONED)
+        self._end(_FAILED if timed_out else _ABANDONED)
         if reply is None:
             reply = self._last_unusable
         outcome = reply
         if reply is None:
             self.pool.stats.failed += 1
             outcome = UpstreamTimeout("no reply from any upstream server")
-        self.pool.forget(self._key, self)
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if waiter.__class__ is not defer.Deferred:
@@ -567,23 +561,24 @@ class _Resolution:
         if waiter in self.waiters:
             self.waiters.remove(waiter)
         if not self.waiters and not self._done:
-            self._done = True
-            self.pool.forget(self._key, self)
-            if self._timer is not None:
-                if self._timer.active():
-                    self._timer.cancel()
-                self._timer = None
-            self._stop_exchanges(_ABANDONED)
+            self._end(_ABANDONED)
 
-    def _stop_exchanges(self, outcome: str) -> None:
+    def _end(self, outcome: str) -> None:
         """
-        Stop every exchange, and drop this resolution's references to them:
-        each exchange refers back to it, and a cycle left for the cyclic
-        garbage collector on every miss costs memory until a collection.
+        This resolution is over: cancel its budget timer, stop every
+        exchange with ``outcome``, and let the pool forget it.  The
+        references to the exchanges are dropped: each exchange refers back
+        to this resolution, and a cycle left for the cyclic garbage
+        collector on every miss costs memory until a collection.
         """
+        self._done = True
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         exchanges, self._exchanges, self._current = self._exchanges, {}, []
         for exchange in exchanges.values():
             exchange.stop(outcome)
+        self.pool.forget(self._key, self)
 
 
 class _Exchange:

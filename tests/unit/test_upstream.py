@@ -1143,18 +1143,27 @@ class RealSocketTests(TestCase):
         self.assertEqual((pool.stats.refused, pool.stats.timeouts), (1, 0))
 
 
+def ask_and_query_answered(fake, pool):
+    """
+    ask() and query() the same question on a fake_pool(), and answer the one
+    datagram sent; returns (what ask's callback got, query's results(), the port).
+    """
+    asked = []
+    pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
+    queried = results(pool.query(QNAME, dns.A))
+    [port] = fake.udp_ports
+    port.deliver(reply_to(decode(port.written[0])))
+    return asked, queried, port
+
+
 class AskTests(SynchronousTestCase):
     """UpstreamPool.ask: the miss path's plain-callback form of query()."""
 
     def test_ask_and_query_share_one_resolution(self):
         """An ask() and a query() for the same question share one upstream query and get the same reply."""
         fake, _, pool = fake_pool()
-        asked = []
-        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
-        queried = results(pool.query(QNAME, dns.A))
-        [port] = fake.udp_ports
+        asked, queried, port = ask_and_query_answered(fake, pool)
         self.assertEqual(len(port.written), 1)
-        port.deliver(reply_to(decode(port.written[0])))
         self.assertEqual(len(asked), 1)
         self.assertIs(asked[0], queried[0])
         self.assertEqual(address_of(asked[0]), ANSWER_ADDRESS)
@@ -1209,11 +1218,7 @@ class NoCycleTests(SynchronousTestCase):
     def test_answered(self):
         """After an answered ask() and query(), no resolution or exchange is left alive."""
         fake, _, pool = fake_pool()
-        asked = []
-        pool.ask(QNAME, dns.A, dns.IN, False, False, asked.append)
-        queried = results(pool.query(QNAME, dns.A))
-        [port] = fake.udp_ports
-        port.deliver(reply_to(decode(port.written[0])))
+        asked, queried, port = ask_and_query_answered(fake, pool)
         self.assertEqual(address_of(queried[0]), ANSWER_ADDRESS)
         del port
         self.assertEqual(self.pool_objects(), [])

@@ -27,7 +27,7 @@ import profile as pyspy
 import report
 import servers
 import workload
-from procs import Process, Processes, free_port, pin, rss_kib
+from procs import Process, Processes, cpu_ticks, free_port, pin, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 SCENARIOS = ("hit", "zipf", "miss")
@@ -144,8 +144,15 @@ class Bench:
         if self.args.profile and server.name == "dnsgo" and pyspy.available():
             folded = self.outdir / f"{server.name}-{label}.pyspy.txt"
             spy = pyspy.record(server.process.pid, folded, load.seconds or self.plan.warm_limit)
+        user, system = cpu_ticks(server.process.pid)
         result = dnsperf.run(server.port, queries, load, self.outdir / f"{server.name}-{label}.txt",
                              self.args.client_cpu, bound)
+        user_after, system_after = cpu_ticks(server.process.pid)
+        tick = os.sysconf("SC_CLK_TCK")
+        busy = (user_after - user + system_after - system) / tick
+        if result.run_time:
+            server.results[f"{label}_cpu_pct"] = 100 * busy / result.run_time
+            server.results[f"{label}_sys_pct"] = 100 * (system_after - system) / tick / result.run_time
         if spy is not None:
             try:
                 spy.wait(timeout=60)
@@ -156,7 +163,7 @@ class Bench:
                 (self.outdir / f"{server.name}-{label}.profile.txt").write_text(table + "\n")
                 say(f"  py-spy, {server.name} {label}:\n    " + table.replace("\n", "\n    "))
         say(f"  {server.name:14} {label:8} {result.qps:>10,.0f} q/s  completed {result.completed:,}"
-            f"/{result.sent:,}  rcodes {result.rcodes}")
+            f"/{result.sent:,}  rcodes {result.rcodes}  server CPU {busy:.1f} s")
         if not result.ok:
             self.notes.append(f"{server.name} {label}: dnsperf printed no statistics")
         return result

@@ -28,6 +28,7 @@ reactor is a posix one.
 """
 from __future__ import annotations
 
+import _socket
 import errno
 import random
 import socket
@@ -37,6 +38,9 @@ from twisted.internet import base, udp
 from twisted.internet.error import CannotListenError
 from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import DatagramProtocol
+
+#: Where the platform has it (Linux), a datagram socket is created non-blocking.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 
 #: How many random IDs a pooled socket tries before it gives up for one transmission.
 _ID_TRIES = 64
@@ -194,9 +198,13 @@ class _BareChannel:
 
     def __init__(self, reactor, exchange, address, size: int, ids):
         family = socket.AF_INET6 if address.ipv6 else socket.AF_INET
-        skt = socket.socket(family, socket.SOCK_DGRAM)
+        # The C socket type itself: ``socket.socket`` only adds Python-level
+        # wrappers (makefile's reference counting) that a datagram socket
+        # never uses.  Non-blocking from birth: no ioctl afterwards.
+        skt = _socket.socket(family, socket.SOCK_DGRAM | _SOCK_NONBLOCK)
         try:
-            skt.setblocking(False)
+            if not _SOCK_NONBLOCK:
+                skt.setblocking(False)
             skt.connect((address.host, address.port))
         except BaseException:
             skt.close()

@@ -107,7 +107,7 @@ def drive(args) -> None:
             answered = [0]
             started = [0.0, 0.0]
 
-            def respond(reply) -> None:
+            def respond(reply, reply_to=None) -> None:
                 answered[0] += 1
                 send_next()
                 if answered[0] == args.misses:

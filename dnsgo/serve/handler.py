@@ -103,12 +103,13 @@ class QueryHandler:
         if self._opt_in_l1 and message_cache.opt_udp_size != edns_udp_size:
             raise ValueError("the message cache's OPT record must carry this handler's edns_udp_size")
 
-    def handle(self, data: bytes, client: str, tcp: bool = False, respond=None):
+    def handle(self, data: bytes, client: str, tcp: bool = False, respond=None, reply_to=None):
         """
         Answer ``data`` from ``client`` (an IP string).  With ``respond``, a
-        miss calls ``respond(reply)`` when it is answered (and ``handle``
-        returns None for it) instead of returning a Deferred: the UDP
-        listener's miss path makes no Deferred at all.
+        miss calls ``respond(reply, reply_to)`` when it is answered (and
+        ``handle`` returns None for it) instead of returning a Deferred: the
+        UDP listener's miss path makes no Deferred at all, and its hits no
+        callback object (``reply_to`` is the client's address).
         """
         started = perf_counter()
         # Clients repeat the same query bytes but for the ID, and validity
@@ -123,7 +124,7 @@ class QueryHandler:
             if hit is not None:
                 return self._counted(self._hit_reply(hit, q, tcp, remembered.udp_room), q.qtype, tcp, started)
             q = q._replace(id=(data[0] << 8) | data[1])
-            return self._miss(q, tcp, started, respond)
+            return self._miss(q, tcp, started, respond, reply_to)
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
@@ -150,28 +151,29 @@ class QueryHandler:
                 room = self._udp_room(q)
                 parsed[data[2:]] = _Remembered(q, room)
                 return self._counted(self._hit_reply(hit, q, tcp, room), q.qtype, tcp, started)
-        return self._miss(q, tcp, started, respond)
+        return self._miss(q, tcp, started, respond, reply_to)
 
     def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
         self.stats.record(reply[3] & 0xF, qtype, tcp, perf_counter() - started)
         return reply
 
-    def _miss(self, q: wire.QueryInfo, tcp: bool, started: float, respond=None):
+    def _miss(self, q: wire.QueryInfo, tcp: bool, started: float, respond=None, reply_to=None):
         if self._stale is not None:
             resolved = self._resolve(q, self._resolver)
             resolved.addCallback(self._remember, q)
             d = self._race_stale(resolved, q, tcp).addCallback(self._counted, q.qtype, tcp, started)
             if respond is None:
                 return d
-            d.addCallbacks(respond, lambda failure: self._respond_failed(failure, q, respond))
+            d.addCallbacks(respond, lambda failure: self._respond_failed(failure, q, respond, reply_to),
+                           callbackArgs=(reply_to,))
             return None
         # The resolver calls back once; the L1 write and the reply's last
         # touches happen in that one call, which hands the reply to
         # ``respond`` or fires the one Deferred of this miss.
         d = None
         if respond is None:
-            d = defer.Deferred()
-            respond = d.callback
+            d = reply_to = defer.Deferred()
+            respond = _fire
 
         def done(result) -> None:
             try:
@@ -182,17 +184,17 @@ class QueryHandler:
                 if d is not None:
                     d.errback()  # the listener answers SERVFAIL and logs it
                 else:
-                    self._respond_failed(Failure(), q, respond)
+                    self._respond_failed(Failure(), q, respond, reply_to)
                 return
-            respond(reply)
+            respond(reply, reply_to)
 
         self._ask(q, self._resolver, done)
         return d
 
-    def _respond_failed(self, failure, q: wire.QueryInfo, respond) -> None:
+    def _respond_failed(self, failure, q: wire.QueryInfo, respond, reply_to) -> None:
         """An unexpected error on the miss path: log it and answer SERVFAIL."""
         self.log.failure("unexpected error answering {name}", failure, name=wire.name_to_text(q.qname))
-        respond(wire.error_reply(q, wire.SERVFAIL))
+        respond(wire.error_reply(q, wire.SERVFAIL), reply_to)
 
     def _race_stale(self, resolved: defer.Deferred, q, tcp: bool) -> defer.Deferred:
         """
@@ -374,6 +376,11 @@ class QueryHandler:
             return wire.error_reply(wire.parse_query(data), wire.SERVFAIL)
         except Exception:
             return None
+
+
+def _fire(reply: bytes, d: defer.Deferred) -> None:
+    """The ``respond`` of a miss asked without one: fire its Deferred with the reply."""
+    d.callback(reply)
 
 
 def shared_stale_reply(store, *, max_stale: float, answer_ttl: int, max_ttl: int):

@@ -83,6 +83,7 @@ class DNSDatagramListener:
         """Answer the datagrams waiting, up to ``UDP_READS_PER_WAKEUP`` of them."""
         recvfrom = self._recvfrom
         handle = self._handler.handle
+        send = self._send
         for _ in range(UDP_READS_PER_WAKEUP):
             if self._socket is None:
                 return
@@ -95,14 +96,19 @@ class DNSDatagramListener:
                 # about an earlier reply): nothing to answer; read on.
                 continue
             try:
-                reply = handle(data, addr[0], False, lambda reply, addr=addr: self._send(reply, addr))
+                reply = handle(data, addr[0], False, send, addr)
             except Exception:
                 self.log.failure("unexpected error answering {addr}", addr=addr)
                 reply = self._handler.servfail(data)
             if reply is None:
                 continue
             if type(reply) is bytes:
-                self._send(reply, addr)
+                sendto = self._sendto  # self._send, inlined for the hit path
+                if sendto is not None:
+                    try:
+                        sendto(reply, addr)
+                    except OSError:
+                        pass
                 continue
             reply.addCallback(self._send, addr)
             reply.addErrback(self._late_failure, data, addr)

@@ -217,26 +217,50 @@ class ParsedQueryMemoTests(unittest.TestCase):
 
 
 class RespondTests(unittest.TestCase):
-    """handle(..., respond=...): the UDP listener's miss path, without a Deferred."""
+    """handle(..., respond=..., reply_to=...): the UDP listener's miss path, without a Deferred."""
+
+    CLIENT = ("127.0.0.1", 5300)
+
+    def respond(self, replies: list):
+        """A ``respond`` that keeps each reply, checking that it comes with the ``reply_to`` given."""
+
+        def respond(reply: bytes, reply_to) -> None:
+            self.assertEqual(reply_to, self.CLIENT)
+            replies.append(reply)
+
+        return respond
 
     def test_miss_answers_through_respond(self):
-        """A miss returns None and hands the reply to respond() when the resolver answers."""
+        """A miss returns None and hands the reply and reply_to to respond() when the resolver answers."""
         pending = defer.Deferred()
         h = handler_for(_Resolver(lambda q: pending))
         replies = []
-        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=replies.append))
+        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=self.respond(replies), reply_to=self.CLIENT))
         self.assertEqual(replies, [])
         pending.callback(([tdns.RRHeader(b"www.example.test", payload=tdns.Record_A("192.0.2.7"))], [], []))
         [reply] = replies
         message = dns.message.from_wire(reply)
         self.assertEqual(message.answer[0][0].address, "192.0.2.7")
 
+    def test_miss_with_serve_stale_answers_through_respond(self):
+        """With serve-stale on, a miss's reply (here from the resolver, in time) reaches respond() with reply_to too."""
+        from dnsgo.config.schema import ServeStaleConfig
+
+        pending = defer.Deferred()
+        h = QueryHandler(Chain([_Resolver(lambda q: pending)]), ClientFilter(("127.0.0.0/8",)),
+                         serve_stale=ServeStaleConfig(enabled=True), reactor=task.Clock())
+        replies = []
+        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=self.respond(replies), reply_to=self.CLIENT))
+        pending.callback(([tdns.RRHeader(b"www.example.test", payload=tdns.Record_A("192.0.2.8"))], [], []))
+        [reply] = replies
+        self.assertEqual(dns.message.from_wire(reply).answer[0][0].address, "192.0.2.8")
+
     def test_error_while_finishing_answers_servfail(self):
         """An unexpected error after the resolver answered still answers SERVFAIL through respond(), and is logged."""
         h = handler_for(_Resolver(([], [], [])))
         h._finish = lambda *args, **kwargs: 1 / 0
         replies = []
-        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=replies.append))
+        self.assertIsNone(h.handle(query_bytes(), "127.0.0.1", respond=self.respond(replies), reply_to=self.CLIENT))
         [reply] = replies
         self.assertEqual(rcode_of(reply), dns.rcode.SERVFAIL)
         self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
@@ -245,6 +269,6 @@ class RespondTests(unittest.TestCase):
         """Replies ready at once (here a REFUSED) are returned, and respond() is not called."""
         h = handler_for(_Resolver(([], [], [])), allow=("10.0.0.0/8",))
         replies = []
-        reply = h.handle(query_bytes(), "127.0.0.1", respond=replies.append)
+        reply = h.handle(query_bytes(), "127.0.0.1", respond=self.respond(replies), reply_to=self.CLIENT)
         self.assertEqual(rcode_of(reply), dns.rcode.REFUSED)
         self.assertEqual(replies, [])

@@ -19,12 +19,12 @@ class _Handler:
         self.later: list = []
         self.deferreds: list = []
 
-    def handle(self, data: bytes, client: str, tcp: bool = False, respond=None):
+    def handle(self, data: bytes, client: str, tcp: bool = False, respond=None, reply_to=None):
         kind = data[:1]
         if kind == b"h":
             return b"hit:" + data
         if kind == b"m":
-            self.later.append((data, respond))
+            self.later.append((data, lambda reply: respond(reply, reply_to)))
             return None
         if kind == b"d":
             d = defer.Deferred()

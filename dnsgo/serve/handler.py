@@ -31,10 +31,14 @@ _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
 
 TCP_LIMIT = 65535
 
-#: How many distinct parsed queries the handler remembers (about 450 bytes
-#: each with their key: 2 MiB at most).  Only queries that hit L1 are
-#: remembered, so a stream of misses (new names) does not churn it.
-_PARSED_LIMIT = 4096
+#: How many distinct parsed queries the handler remembers (about 560 bytes
+#: each with their key: 9 MiB at most); when full it starts over.  Only
+#: queries that hit L1 are remembered, so a stream of misses (new names)
+#: does not churn it.  A working set larger than the table is parsed again
+#: after every clearing, which costs a hit more than the parse itself: with
+#: 10,500 names, a table of 4,096 cost 55.6k instructions per hit, one of
+#: 16,384 (never full) 36.0k (bench/hit_instructions.py --names 10500).
+_PARSED_LIMIT = 16384
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
 EDE_STALE = (3, "")

@@ -203,6 +203,30 @@ class ParsedQueryMemoTests(unittest.TestCase):
             self.assertEqual(dns.message.from_wire(reply).id, qid)
         self.assertEqual((cache.stats().hits, cache.stats().misses), (2, 1))
 
+    def test_memo_is_bounded_and_starts_over_when_full(self):
+        """With room for four, six names hit in turn: the memo never holds more than four, and every reply is right."""
+        from dnsgo.cache.message import MessageCache
+        from dnsgo.serve import handler as handler_module
+
+        self.patch(handler_module, "_PARSED_LIMIT", 4)
+        clock = task.Clock()
+        cache = MessageCache(max_size_mb=1, num_shards=1, reactor=clock)
+
+        def answer(query):
+            name = query.name.name
+            address = "192.0.2.%d" % (1 + int(name[1:2]))
+            return defer.succeed(([tdns.RRHeader(name, tdns.A, ttl=60, payload=tdns.Record_A(address, 60))], [], []))
+
+        h = QueryHandler(Chain([_Resolver(answer)]), ClientFilter(["127.0.0.0/8"]), message_cache=cache, reactor=clock)
+        for rounds in range(4):
+            for i in range(6):
+                reply = h.handle(query_bytes(f"n{i}.example.test"), "127.0.0.1")
+                if isinstance(reply, defer.Deferred):
+                    reply = self.successResultOf(reply)
+                self.assertEqual(dns.message.from_wire(reply).answer[0][0].address, "192.0.2.%d" % (1 + i))
+                self.assertLessEqual(len(h._parsed), 4)
+        self.assertEqual(cache.stats().hits, 18)
+
     def test_memo_respects_allow_list(self):
         """A remembered query from a client outside server.allow is still refused."""
         h = QueryHandler(Chain([_Resolver(([], [], []))]), ClientFilter(["127.0.0.0/8"]),

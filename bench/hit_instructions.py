@@ -70,7 +70,7 @@ def measure(name: str, args, workdir: Path, queries: Path, nsd_port: int, procs:
 
     control("-z")
     control("-i", "on")
-    result = dnsperf.run(port, queries, counted_load, home / "counted.txt", 0, 3700 if args.misses else args.seconds + 60)
+    result = dnsperf.run(port, queries, counted_load, home / "counted.txt", 0, counted_load.seconds + 60)
     control("-i", "off")
     control("-d")
     time.sleep(1)
@@ -100,14 +100,15 @@ def main() -> None:
                                zipf_exponent=1.0, miss_names=max(args.misses, 1))
         layout = workload.Layout(sizes, servers=len(chosen))
         workload.write_zone(workdir / "bench.zone", layout)
+        hits = workdir / "hit.txt"
+        workload.write_queries(hits, workload.hit_names(layout))
         with Processes() as procs:
             nsd_port, _, _ = servers.start_nsd(procs, workdir, workdir / "bench.zone", 0)
             for index, name in enumerate(chosen):
-                queries = workdir / f"{name}-queries.txt"
+                queries = hits
                 if args.misses:
+                    queries = workdir / f"{name}-misses.txt"
                     workload.write_queries(queries, workload.miss_names(layout, index))
-                else:
-                    workload.write_queries(queries, workload.hit_names(layout))
                 print(measure(name, args, workdir, queries, nsd_port, procs), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -31,13 +31,15 @@ _REFUSED_TYPES = frozenset({dns.AXFR, dns.IXFR})
 
 TCP_LIMIT = 65535
 
-#: How many distinct parsed queries the handler remembers (about 560 bytes
-#: each with their key: 9 MiB at most); when full it starts over.  Only
-#: queries that hit L1 are remembered, so a stream of misses (new names)
-#: does not churn it.  A working set larger than the table is parsed again
-#: after every clearing, which costs a hit more than the parse itself: with
-#: 10,500 names, a table of 4,096 cost 55.6k instructions per hit, one of
-#: 16,384 (never full) 36.0k (bench/hit_instructions.py --names 10500).
+#: How many distinct queries the handler remembers; when full it starts
+#: over.  Only queries that hit L1 are remembered, so a stream of misses
+#: (new names) does not churn it.  A working set larger than the table is
+#: parsed again after every clearing, which costs a hit more than the parse
+#: itself: with 10,500 names, a table of 4,096 cost 55.6k instructions per
+#: hit, one of 16,384 (never full) 36.0k (bench/hit_instructions.py --names
+#: 10500).  An entry is the query's bytes after the ID, its L1 key and a
+#: 4-tuple (:class:`_Remembered`): about 285 bytes with the dict's slot
+#: (4.5 MiB when full), where a whole parsed query cost 572.
 _PARSED_LIMIT = 16384
 
 #: RFC 8914 Extended DNS Error 3, "Stale Answer".
@@ -45,10 +47,17 @@ EDE_STALE = (3, "")
 
 
 class _Remembered(NamedTuple):
-    """A parsed query the handler remembers, and its :meth:`QueryHandler._udp_room`."""
+    """
+    What the hit path needs of a query it has parsed before: its L1 key,
+    its :meth:`QueryHandler._udp_room`, its type (for the statistics), and
+    ``opt_do``: None when an L1 hit is sent as it is, else the DO bit of
+    the OPT record to append (an EDNS query when L1 keeps no OPT record).
+    """
 
-    query: wire.QueryInfo
+    key: bytes
     udp_room: int
+    qtype: int
+    opt_do: bool | None
 
 
 class QueryHandler:
@@ -117,18 +126,19 @@ class QueryHandler:
         """
         started = perf_counter()
         # Clients repeat the same query bytes but for the ID, and validity
-        # does not depend on the ID: a parsed, ordinary query is remembered
-        # under the bytes after its ID, and its hits only need the ID copied.
+        # does not depend on the ID: an ordinary query that hit L1 is
+        # remembered under the bytes after its ID, and its next hits need
+        # no parse.  Anything unusual takes the full path below.
         remembered = self._parsed.get(data[2:])
         if remembered is not None and self._filter.allowed(client):
-            q = remembered.query
-            if self._query_log:
-                self._log_query(q, client, tcp)
-            hit = self._cache.lookup(q, data[:2])
+            key, room, qtype, opt_do = remembered
+            hit = self._cache.lookup_usual(key, data)
             if hit is not None:
-                return self._counted(self._hit_reply(hit, q, tcp, remembered.udp_room), q.qtype, tcp, started)
-            q = q._replace(id=(data[0] << 8) | data[1])
-            return self._miss(q, tcp, started, respond, reply_to)
+                if not tcp and len(hit) <= room:
+                    if opt_do is not None:
+                        hit = self._add_opt(hit, opt_do)
+                    return self._counted(hit, qtype, tcp, started)
+                return self._counted(self._hit_reply(hit, wire.parse_query(data), tcp, room), qtype, tcp, started)
         try:
             q = wire.parse_query(data)
         except wire.FormatError as e:
@@ -149,13 +159,19 @@ class QueryHandler:
         if cache is not None:
             hit = cache.lookup(q, data[:2])
             if hit is not None:
-                parsed = self._parsed
-                if len(parsed) >= _PARSED_LIMIT:
-                    parsed.clear()
                 room = self._udp_room(q)
-                parsed[data[2:]] = _Remembered(q, room)
+                if not self._query_log:  # remembered hits are not logged
+                    self._remember_query(data, q, room)
                 return self._counted(self._hit_reply(hit, q, tcp, room), q.qtype, tcp, started)
         return self._miss(q, tcp, started, respond, reply_to)
+
+    def _remember_query(self, data: bytes, q: wire.QueryInfo, room: int) -> None:
+        """Remember ``q``, parsed from ``data``, for its next hits (see ``handle``)."""
+        parsed = self._parsed
+        if len(parsed) >= _PARSED_LIMIT:
+            parsed.clear()
+        opt_do = None if self._opt_in_l1 or not q.edns else q.do
+        parsed[data[2:]] = _Remembered(q.key, room, q.qtype, opt_do)
 
     def _counted(self, reply: bytes, qtype: int, tcp: bool, started: float) -> bytes:
         self.stats.record(reply[3] & 0xF, qtype, tcp, perf_counter() - started)

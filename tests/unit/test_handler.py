@@ -9,6 +9,7 @@ import dns.rcode
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
 from twisted.names import dns as tdns, error
 from twisted.trial import unittest
 
@@ -226,6 +227,23 @@ class ParsedQueryMemoTests(unittest.TestCase):
                 self.assertEqual(dns.message.from_wire(reply).answer[0][0].address, "192.0.2.%d" % (1 + i))
                 self.assertLessEqual(len(h._parsed), 4)
         self.assertEqual(cache.stats().hits, 18)
+
+    def test_memo_off_with_query_log(self):
+        """With the query log on, hits are not remembered, so every one is parsed and logged."""
+        from dnsgo.cache.message import MessageCache
+
+        clock = task.Clock()
+        rr = tdns.RRHeader(b"www.example.test", tdns.A, ttl=60, payload=tdns.Record_A("192.0.2.1", 60))
+        cache = MessageCache(max_size_mb=1, num_shards=1, reactor=clock)
+        h = QueryHandler(Chain([_Resolver(([rr], [], []))]), ClientFilter(["127.0.0.0/8"]),
+                         message_cache=cache, query_log=True, reactor=clock)
+        logged = []
+        h.log = Logger(observer=logged.append)
+        for _ in range(3):
+            reply = h.handle(query_bytes(), "127.0.0.1")
+            if isinstance(reply, defer.Deferred):
+                self.successResultOf(reply)
+        self.assertEqual((len(h._parsed), len(logged), cache.stats().hits), (0, 3, 2))
 
     def test_memo_respects_allow_list(self):
         """A remembered query from a client outside server.allow is still refused."""

@@ -124,11 +124,15 @@ class HandlerEquivalenceTests(unittest.TestCase):
         with_opt.store(q, body)
         without.store(q, body)
         a, b = handler(with_opt), handler(without)
+        first = None
         for i in range(repeats):  # the second and later go through the memo of parsed queries
             data = bytes([i, 7]) + query[2:]
             got, expected = a.handle(data, "127.0.0.1", tcp), b.handle(data, "127.0.0.1", tcp)
             self.assertIsInstance(got, bytes)
             self.assertEqual(got, expected)
+            self.assertEqual(got[:2], data[:2])
+            first = first or got
+            self.assertEqual(got[2:], first[2:])  # a remembered query's hit is the parsed one's
             message = dns.message.from_wire(got)
             self.assertEqual(message.edns, 0 if edns else -1)
             if not tcp:

@@ -343,6 +343,54 @@ def _names(n):
     return [query("host%d.example.com" % i) for i in range(n)]
 
 
+def query_wire(name=WWW, qtype="A", qid=1234, edns=False):
+    """The bytes of a dnspython-built query with RD set."""
+    msg = dns.message.make_query(name, qtype, use_edns=0 if edns else False)
+    msg.id = qid
+    return msg.to_wire()
+
+
+class UsualLookupTests(_Base):
+    """lookup_usual: the memo's hit path, from the L1 key and the query bytes alone."""
+
+    def test_same_reply_as_lookup(self):
+        """For a fresh entry stored with the query's case, it gives lookup's reply, TTLs counted down, and counts a hit."""
+        for edns in (False, True):
+            c = self.cache(opt_udp_size=1232)
+            data = query_wire(edns=edns, qid=7)
+            q = wire.parse_query(data)
+            c.store(q, reply(q, [cname_record(ttl=300), a_record("web.example.com", 60)]))
+            self.clock.advance(12.5)
+            usual = c.lookup_usual(q.key, data)
+            self.assertEqual(usual, c.lookup(q, data[:2]))
+            self.assertEqual(wire_ttls(usual)[:2], [288, 48])
+            self.assertEqual(decode(usual).id, 7)
+            self.assertEqual((c.stats().hits, c.stats().misses), (2, 0))
+
+    def test_unusual_cases_give_none_and_count_nothing(self):
+        """No entry, an expired one, another case, a due prefetch or a broken key: None, and lookup then decides."""
+        asked = []
+        c = self.cache(prefetch_hits=1, prefetch_ttl_pct=50, on_prefetch=asked.append)
+        data = query_wire()
+        q = wire.parse_query(data)
+        self.assertIsNone(c.lookup_usual(q.key, data))
+        c.store(q, positive(q, ttl=100))
+        mixed = query_wire("wWw.ExAmple.com")
+        self.assertIsNone(c.lookup_usual(wire.parse_query(mixed).key, mixed))
+        self.assertIsNone(c.lookup_usual(b"\xff", data))
+        self.assertIsNotNone(c.lookup_usual(q.key, data))
+        self.assertIsNotNone(c.lookup_usual(q.key, data))
+        self.clock.advance(60)  # past half the TTL, with hits past the threshold: a prefetch is due
+        self.assertIsNone(c.lookup_usual(q.key, data))
+        self.assertEqual((c.stats().hits, c.stats().misses, asked), (2, 0, []))
+        self.assertIsNotNone(c.lookup(q, data[:2]))
+        self.assertEqual(len(asked), 1)
+        self.assertIsNotNone(c.lookup_usual(q.key, data))  # prefetched once: usual again
+        self.clock.advance(40)
+        self.assertIsNone(c.lookup_usual(q.key, data))
+        self.assertEqual((c.stats().hits, c.stats().misses), (4, 0))
+
+
 class LRUTests(_Base):
     """Shards are segments bounded in bytes, LRU or S3-FIFO (tests/unit/test_eviction.py tests the policies)."""
 

@@ -241,7 +241,10 @@ class RRsetCache:
                 ttl = item.ttl
                 if ttl <= 0:
                     continue
-                ttl = max(self._min_ttl, min(ttl, self._max_ttl))
+                if ttl > self._max_ttl:  # not min() and max(): see InfraCache._clamp
+                    ttl = self._max_ttl
+                if ttl < self._min_ttl:
+                    ttl = self._min_ttl
                 if ttl > 0:
                     self._put_rrset(item.name, item.type, item.cls, item.owner, item.payloads, ttl, item.rank, now, now)
             else:

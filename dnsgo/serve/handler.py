@@ -349,7 +349,9 @@ class QueryHandler:
 
     def _udp_limit(self, q: wire.QueryInfo) -> int:
         """The largest reply ``q``'s client takes over UDP: 512 without EDNS, else its size or this server's, the smaller."""
-        return min(q.udp_size, self._edns_udp_size) if q.edns else 512
+        if not q.edns:
+            return 512
+        return q.udp_size if q.udp_size < self._edns_udp_size else self._edns_udp_size
 
     def _udp_room(self, q: wire.QueryInfo) -> int:
         """

@@ -62,7 +62,7 @@ class Deadlines:
     def call_later(self, delay: float, callback) -> Deadline:
         """Call ``callback()`` in ``delay`` seconds, unless the returned :class:`Deadline` is cancelled."""
         now = self._reactor.seconds()
-        at = now + max(0.0, delay)
+        at = now + delay if delay > 0.0 else now  # not max(): see InfraCache._clamp
         deadline = Deadline(at, callback, self)
         heapq.heappush(self._heap, (at, next(self._order), deadline))
         self._live += 1

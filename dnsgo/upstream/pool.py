@@ -639,7 +639,8 @@ class _Exchange:
             self._sample_rtt = None  # a TCP exchange is no UDP round trip
             self._start_tcp_leg()
             return
-        self._timer = pool._deadlines.call_later(min(rto, pool._timeout, remaining), self._expired)
+        wait = rto if rto < pool._timeout else pool._timeout  # not min(): see InfraCache._clamp
+        self._timer = pool._deadlines.call_later(wait if wait < remaining else remaining, self._expired)
         self._send()
 
     def _send(self) -> None:

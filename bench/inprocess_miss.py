@@ -14,6 +14,8 @@ out is only the listener's own ``recvfrom``/``sendto``.
                                                 # instructions per miss (needs valgrind)
     .venv/bin/python bench/inprocess_miss.py --callgrind --pool-only
                                                 # the upstream pool alone: UpstreamPool.ask per name
+    .venv/bin/python bench/inprocess_miss.py --callgrind --without l2-fill
+                                                # the same with one part of the miss path left out
     .venv/bin/python bench/inprocess_miss.py --garbage [--misses 5000]
                                                 # objects left in reference cycles per miss, by type
 
@@ -55,6 +57,8 @@ def callgrind(args) -> None:
                    "--misses", str(args.misses), "--concurrency", str(args.concurrency), "--toggle"]
         if args.pool_only:
             command.append("--pool-only")
+        for part in args.without:
+            command += ["--without", part]
         run = subprocess.run(command, capture_output=True, text=True, check=False)
         instructions = instructions_counted(out)
         if not instructions:
@@ -86,6 +90,8 @@ def drive(args) -> None:
     from dnsgo.tap import GC_THRESHOLDS
 
     gc.set_threshold(*GC_THRESHOLDS)
+    for part in args.without:
+        leave_out(part)
     if args.garbage:
         gc.collect()
         gc.disable()
@@ -153,6 +159,26 @@ def drive(args) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+#: What ``--without`` can leave out of the miss path, and how: each
+#: replaces one step with a no-op, so the difference in instructions per
+#: miss is what that step costs.  The replies still reach the driver; only
+#: the caches (and the statistics) lose what the step would have done.
+WITHOUT = {
+    "l2-fill": ("dnsgo.resolve.l2", "_ReplyFiller", "__call__", lambda self, query, reply: None),
+    "l2-check": ("dnsgo.cache.rrset", "RRsetCache", "holds_any", lambda self, name, type, cls=1: False),
+    "l1-store": ("dnsgo.cache.message", "MessageCache", "store", lambda self, q, body, layout=None: False),
+    "stats": ("dnsgo.serve.stats", "QueryStats", "record", lambda self, *args: None),
+}
+
+
+def leave_out(part: str) -> None:
+    """Replace the step ``part`` of :data:`WITHOUT` with its no-op, in this process."""
+    import importlib
+
+    module, cls, method, stub = WITHOUT[part]
+    setattr(getattr(importlib.import_module(module), cls), method, stub)
+
+
 def report_garbage(misses: int) -> None:
     """Print what only the cyclic collector could free (collection was off during the run), by type."""
     import collections
@@ -177,6 +203,8 @@ def main() -> None:
     parser.add_argument("--pool-only", action="store_true", help="ask the upstream pool directly")
     parser.add_argument("--garbage", action="store_true",
                         help="turn the cyclic garbage collector off, then report what it alone could free")
+    parser.add_argument("--without", action="append", default=[], choices=sorted(WITHOUT),
+                        help="leave this step of the miss path out (repeatable): what it costs")
     parser.add_argument("--toggle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.misses is None:

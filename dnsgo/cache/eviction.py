@@ -77,6 +77,14 @@ class LruSegment:
         """The entry at ``key``, or None; the order is left as it is."""
         return self._entries.get(key)
 
+    def holds_any(self, keys) -> bool:
+        """Whether an entry is held at any of ``keys``; the order is left as it is."""
+        entries = self._entries
+        for key in keys:
+            if key in entries:
+                return True
+        return False
+
     def put(self, key, entry) -> None:
         """Store ``entry`` at ``key`` (the most recently used), then evict until the segment fits."""
         entries = self._entries
@@ -292,6 +300,14 @@ class S3FifoSegment:
         """The entry at ``key``, or None; nothing is counted."""
         entry = self._small_entries.get(key)
         return entry if entry is not None else self._main_entries.get(key)
+
+    def holds_any(self, keys) -> bool:
+        """Whether an entry is held at any of ``keys``; nothing is counted."""
+        small, main = self._small_entries, self._main_entries
+        for key in keys:
+            if key in small or key in main:
+                return True
+        return False
 
     def put(self, key, entry) -> None:
         """

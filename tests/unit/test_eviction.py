@@ -119,6 +119,31 @@ _OPS = st.lists(
 )
 
 
+class HoldsAnyTests(SynchronousTestCase):
+    """holds_any(keys): whether any key is held, in either S3-FIFO queue or in LRU, without counting an access."""
+
+    def test_both_policies(self):
+        for seg in (S3FifoSegment(budget=8 * 400 + 130), LruSegment(budget=8 * 400)):
+            self.assertFalse(seg.holds_any(("a", "b")))
+            for n in range(4):  # hit entries, then new ones push them into S3-FIFO's main queue
+                seg.put(f"h{n}", Item(f"h{n}", 400))
+                seg.get(f"h{n}")
+            for n in range(8):
+                seg.put(f"x{n}", Item(f"x{n}", 400))
+            held = [k for k in ["h0", "h1", "h2", "h3"] + [f"x{n}" for n in range(8)] if seg.peek(k) is not None]
+            gone = [k for k in ["h0", "h1", "h2", "h3"] + [f"x{n}" for n in range(8)] if seg.peek(k) is None]
+            self.assertTrue(held and gone)
+            freqs = {k: seg.peek(k).freq for k in held}
+            for k in held:
+                self.assertTrue(seg.holds_any(("nope", k)))
+            self.assertFalse(seg.holds_any(tuple(gone) + ("nope",)))
+            self.assertFalse(seg.holds_any(()))
+            self.assertEqual({k: seg.peek(k).freq for k in held}, freqs)
+            if isinstance(seg, S3FifoSegment):  # keys in both queues were found
+                self.assertTrue(any(k in seg._main_entries for k in held))
+                self.assertTrue(any(k in seg._small_entries for k in held))
+
+
 class BoundTests(SynchronousTestCase):
     """Whatever happens, the size is exact and never over budget after a put."""
 

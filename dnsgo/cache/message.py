@@ -222,7 +222,7 @@ class MessageCache:
         """``rendered`` without the OPT record ``store`` appended to it, if it did."""
         return wire.drop_appended_opt(rendered) if self._keeps_opt(key) else rendered
 
-    def lookup(self, q: wire.QueryInfo, head: bytes | None = None) -> bytes | None:
+    def lookup(self, q: wire.QueryInfo, head: bytes | None = None, touched: bool = False) -> bytes | None:
         """
         Return the reply to ``q`` from a fresh entry, or None on a miss.
 
@@ -231,12 +231,15 @@ class MessageCache:
         stored (they are in the key), TTLs counted down by the whole
         seconds since the entry was stored, and with ``opt_udp_size`` this
         server's OPT record when ``q`` has EDNS.  Never raises: a corrupt
-        entry is dropped and counts as a miss.
+        entry is dropped and counts as a miss.  ``touched`` says that
+        :meth:`lookup_usual` has just read the entry for this same query
+        (and declined), so the eviction policy has counted the access
+        already and is not told again.
         """
         try:
             key = q.key
             shard = self._shards[hash(key) & self._mask]
-            entry = shard.get(key)
+            entry = shard.peek(key) if touched else shard.get(key)
             if entry is None:
                 self._misses += 1
                 return None
@@ -276,10 +279,11 @@ class MessageCache:
         ``query`` is the query's bytes and ``key`` its L1 key.  The reply
         comes only when the entry is fresh, its stored question is the
         query's byte for byte (so only the ID changes) and no prefetch is
-        due; otherwise this returns None and counts nothing, and the caller
-        parses the query and asks :meth:`lookup`, which handles the rest.
-        This path builds no object besides the reply, so the memo can keep
-        the L1 key alone instead of a whole parsed query.  Never raises.
+        due; otherwise this returns None and counts no hit or miss, and the
+        caller parses the query and asks :meth:`lookup` with ``touched``
+        (the eviction policy has counted this access already), which
+        handles the rest.  This path needs no parsed query, so the memo can
+        keep the L1 key instead of a whole one.  Never raises.
         """
         try:
             entry = self._shards[hash(key) & self._mask].get(key)

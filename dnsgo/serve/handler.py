@@ -127,8 +127,9 @@ class QueryHandler:
         started = perf_counter()
         # Clients repeat the same query bytes but for the ID, and validity
         # does not depend on the ID: an ordinary query that hit L1 is
-        # remembered under the bytes after its ID, and its next hits need
-        # no parse.  Anything unusual takes the full path below.
+        # remembered under the bytes after its ID (unless the query log is
+        # on), and its next hits need no parse.  Anything unusual takes the
+        # full path below.
         remembered = self._parsed.get(data[2:])
         if remembered is not None and self._filter.allowed(client):
             key, room, qtype, opt_do = remembered
@@ -157,10 +158,11 @@ class QueryHandler:
             self._log_query(q, client, tcp)
         cache = self._cache
         if cache is not None:
-            hit = cache.lookup(q, data[:2])
+            # A remembered query is here when lookup_usual declined it.
+            hit = cache.lookup(q, data[:2], remembered is not None)
             if hit is not None:
                 room = self._udp_room(q)
-                if not self._query_log:  # remembered hits are not logged
+                if remembered is None and not self._query_log:  # remembered hits are not logged
                     self._remember_query(data, q, room)
                 return self._counted(self._hit_reply(hit, q, tcp, room), q.qtype, tcp, started)
         return self._miss(q, tcp, started, respond, reply_to)

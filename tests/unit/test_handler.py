@@ -6,6 +6,7 @@ import struct
 
 import dns.message
 import dns.rcode
+import dns.rrset
 from twisted.internet import defer, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
@@ -244,6 +245,43 @@ class ParsedQueryMemoTests(unittest.TestCase):
             if isinstance(reply, defer.Deferred):
                 self.successResultOf(reply)
         self.assertEqual((len(h._parsed), len(logged), cache.stats().hits), (0, 3, 2))
+
+    def test_declined_memo_hit_counts_once_and_stays(self):
+        """
+        A remembered query whose L1 entry now holds another case (so
+        lookup_usual declines it) is answered by the full path: one access
+        for the eviction policy per query, and the memo is not written
+        again (with room for two, the other remembered query stays).
+        """
+        from dnsgo.cache.message import MessageCache
+        from dnsgo.dns import wire
+        from dnsgo.serve import handler as handler_module
+
+        self.patch(handler_module, "_PARSED_LIMIT", 2)
+        clock = task.Clock()
+        cache = MessageCache(max_size_mb=1, num_shards=1, reactor=clock)
+        h = QueryHandler(Chain([_Resolver(([], [], []))]), ClientFilter(["127.0.0.0/8"]),
+                         message_cache=cache, reactor=clock)
+
+        def body(name):
+            q = wire.parse_query(query_bytes(name))
+            response = dns.message.make_response(dns.message.from_wire(query_bytes(name)))
+            response.answer.append(dns.rrset.from_text(name + ".", 60, "IN", "A", "192.0.2.1"))
+            return q, response.to_wire()
+
+        for name in ("www.example.test", "other.example.test"):
+            cache.store(*body(name))
+            self.assertIsInstance(h.handle(query_bytes(name), "127.0.0.1"), bytes)
+        self.assertEqual(len(h._parsed), 2)
+        cache.store(*body("WWW.example.test"))  # the entry now carries the question in capitals
+        entry = cache._shards[0].peek(wire.parse_query(query_bytes()).key)
+        base = entry.freq  # the replaced entry's count, kept by the store
+        for n in range(1, 3):
+            reply = h.handle(query_bytes(), "127.0.0.1")
+            self.assertEqual(dns.message.from_wire(reply).question[0].name.to_text(), "www.example.test.")
+            self.assertEqual(entry.freq, base + n)
+        self.assertEqual(len(h._parsed), 2)
+        self.assertEqual(cache.stats().hits, 4)
 
     def test_memo_respects_allow_list(self):
         """A remembered query from a client outside server.allow is still refused."""

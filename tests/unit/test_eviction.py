@@ -139,6 +139,10 @@ class HoldsAnyTests(SynchronousTestCase):
             self.assertFalse(seg.holds_any(tuple(gone) + ("nope",)))
             self.assertFalse(seg.holds_any(()))
             self.assertEqual({k: seg.peek(k).freq for k in held}, freqs)
+            if isinstance(seg, LruSegment):  # and the recency order is untouched
+                order = list(seg.keys())
+                seg.holds_any(tuple(held))
+                self.assertEqual(list(seg.keys()), order)
             if isinstance(seg, S3FifoSegment):  # keys in both queues were found
                 self.assertTrue(any(k in seg._main_entries for k in held))
                 self.assertTrue(any(k in seg._small_entries for k in held))

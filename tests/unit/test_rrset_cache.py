@@ -288,6 +288,61 @@ class NegativeTests(SynchronousTestCase):
         self.assertIsNone(cache.get_negative(b"new.example.com", dns.AAAA))
         self.assertEqual(addresses(cache.get(b"new.example.com", dns.A)), ["192.0.2.2"])
 
+    def test_expired_nxdomain_blocks_nothing(self):
+        """Glue for a name whose NXDOMAIN has expired is stored; at the last instant before, it is not."""
+        cache, clock = make()
+        cache.insert_negative(b"gone.example.com", None, dns.IN, dns.ENAME, soa(), 10)
+        clock.advance(9.99)
+        cache.insert_rrset(b"gone.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.1")], 300, rank=Rank.ADDITIONAL)
+        self.assertIsNone(cache.get(b"gone.example.com", dns.A, min_rank=Rank.ADDITIONAL))
+        clock.advance(0.01)
+        cache.insert_rrset(b"gone.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.1")], 300, rank=Rank.ADDITIONAL)
+        self.assertEqual(addresses(cache.get(b"gone.example.com", dns.A, min_rank=Rank.ADDITIONAL)), ["192.0.2.1"])
+        self.assertIsNone(cache.get_negative(b"gone.example.com", dns.A))
+
+    def test_same_rrset_renewed_only_when_it_lasts_longer(self):
+        """The same RRset again renews the entry in place when it would outlive it, and not otherwise."""
+        cache, clock = make()
+        rr = [a(b"www.example.com", "192.0.2.1", 300)]
+        store(cache, b"www.example.com", answers=rr)
+        clock.advance(100)
+        store(cache, b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1", 200)])  # ends at the same time
+        self.assertEqual(ttls(cache.get(b"www.example.com", dns.A)), [200])
+        self.assertEqual(cache._shards[hash(b"www.example.com") & cache._mask].peek((b"www.example.com", dns.A, dns.IN)).stored_at, 0)
+        store(cache, b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1", 250)])  # lasts 50 s longer
+        self.assertEqual(ttls(cache.get(b"www.example.com", dns.A)), [250])
+        self.assertEqual(cache._shards[hash(b"www.example.com") & cache._mask].peek((b"www.example.com", dns.A, dns.IN)).stored_at, 100)
+
+    def test_expired_entry_replaced_not_renewed(self):
+        """An expired RRset of the key is dropped before the new one goes in, even at a lower rank."""
+        cache, clock = make()
+        store(cache, b"www.example.com", answers=[a(b"www.example.com", "192.0.2.1", 10)])
+        clock.advance(10)
+        cache.insert_rrset(b"www.example.com", dns.A, dns.IN, [dns.Record_A("192.0.2.9")], 300, rank=Rank.ADDITIONAL)
+        self.assertIsNone(cache.get(b"www.example.com", dns.A))
+        self.assertEqual(addresses(cache.get(b"www.example.com", dns.A, min_rank=Rank.ADDITIONAL)), ["192.0.2.9"])
+        self.assertEqual(cache.stats().entries, 1)
+
+    def test_cost_is_what_getsizeof_says(self):
+        """An entry's cost is its overhead, its TTL int and sys.getsizeof of its name, owner, rdata and tuple."""
+        import sys
+
+        from dnsgo.cache.sizing import cost_units
+
+        for owner, count in ((b"www.example.com", 1), (b"WWW.example.com", 1), (b"www.example.com", 3), (b"WWW.example.com", 3)):
+            cache, _ = make()
+            records = [a(owner, "192.0.2.%d" % (i + 1), 301) for i in range(count)]
+            store(cache, owner, answers=records)
+            entry = cache._shards[hash(b"www.example.com") & cache._mask].peek((b"www.example.com", dns.A, dns.IN))
+            payloads = entry.payloads
+            expected = cache._entry_overhead + sys.getsizeof(b"www.example.com") + cache._ttls.owned_bytes(entry.ttl)
+            expected += sum(map(sys.getsizeof, payloads))
+            if owner != b"www.example.com":
+                expected += sys.getsizeof(owner)
+            if count > 1:
+                expected += sys.getsizeof(payloads)
+            self.assertEqual(entry.cost, cost_units(expected), (owner, count))
+
     def test_nodata_per_type(self):
         """NODATA is cached for the name and type asked only."""
         cache, _ = make()

@@ -265,8 +265,22 @@ class InfraCache:
         With ``all_servers``, those left out follow, soonest probe first
         (for a query that has ruled out every server of the usual order).
         """
-        if len(self._servers) == 1:
-            return list(self._servers)  # one server: whatever its health, it is the one to try
+        servers = self._servers
+        if len(servers) == 1:
+            return list(servers)  # one server: whatever its health, it is the one to try
+        for state in servers.values():
+            if state.down:
+                break
+        else:
+            # None down (the usual case, once per miss): the usable order
+            # alone.  Ranks end in the configured index, so ties never
+            # compare the servers themselves.
+            rank = self._rank
+            return [server for _, server in sorted([(rank(state), server) for server, state in servers.items()])]
+        return self._order_with_down(all_servers)
+
+    def _order_with_down(self, all_servers: bool) -> list[Server]:
+        """:meth:`order` in general, when some server may be down."""
         states = self._servers.items()
         by_probe = lambda item: (item[1].next_probe, item[1].index)  # noqa: E731
         if all(state.down for _, state in states):

@@ -1,6 +1,7 @@
 """
 Tests for L{dnsgo.upstream.infra}: the L3 infrastructure cache.
 """
+from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -229,6 +230,28 @@ class OrderTests(SynchronousTestCase):
     def test_empty_rejected(self):
         """An InfraCache without servers is a configuration error."""
         self.assertRaises(ValueError, InfraCache, [], Clock())
+
+
+class FastOrderTests(SynchronousTestCase):
+    """order()'s path for when no server is down gives what the general path gives."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([A, B, C]), st.sampled_from(["ok", "fail", "lost"]),
+                              st.floats(0.0001, 2.0), st.floats(0, 5)), max_size=40))
+    def test_same_as_general_order(self, events):
+        infra, clock = make((A, B, C))
+        for server, what, rtt, wait in events:
+            infra.started(server)
+            if what == "ok":
+                infra.succeeded(server, rtt)
+            elif what == "fail":
+                infra.failed(server)
+            else:
+                infra.failed(server, rto=rtt)
+            clock.advance(wait)
+            if not any(infra._servers[s].down for s in (A, B, C)):
+                self.assertEqual(infra.order(), infra._order_with_down(False))
+                self.assertEqual(infra.order(all_servers=True), infra._order_with_down(True))
 
 
 class HealthTests(SynchronousTestCase):

@@ -130,14 +130,13 @@ class OneActiveTests(HATestCase):
         term = status["term"]
         self.assertEqual(status["mode"], "active_passive")
         self.assertEqual(status["quorum"]["required"], 4)
-        if term == 1:
-            self.assertEqual(status["quorum"]["granted"], 6)
-        else:
-            # Both control planes campaigned at once (a loaded machine can
-            # time them so) and split the first votes: a legal outcome, after
-            # which the winner needs a quorum, not every worker.
-            self.assertGreater(term, 1)
-            self.assertGreaterEqual(status["quorum"]["granted"], 4)
+        # A quorum, not every worker: on a loaded machine both control
+        # planes can campaign at once and split the votes (in term 1 too,
+        # 5 to 1, or into a later term), and a worker's answer to a lease
+        # renewal can come too late for the round the status shows.
+        self.assertGreaterEqual(term, 1)
+        self.assertTrue(4 <= status["quorum"]["granted"] <= 6, status["quorum"])
+        self.assertTrue(status["quorum"]["met"], status["quorum"])
         self.assertEqual(sorted(v["worker_id"] for v in status["voters"] if v["voter"]), sorted(cluster.workers))
 
         yield self.watch_one_leader(cluster, 3 * LEASE, active.name)

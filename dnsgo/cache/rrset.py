@@ -296,26 +296,16 @@ class RRsetCache:
         self, name: bytes, type: int, cls: int, owner: bytes, payloads: tuple, ttl: int, rank: Rank,
         stored_at: float, now: float, source: str = UPSTREAM,
     ) -> None:
-        # Once per miss: _live is inlined (a method call is about 1,000
-        # instructions; bench/inprocess_miss.py --without l2-fill shows the step).
         index = hash(name) & self._mask
-        shard = self._shards[index]
         name_key = (name, _NAME_LEVEL, cls)
-        denial = shard.peek(name_key)
-        if denial is not None:
-            # A live NXDOMAIN keeps what ranks below an answer out; it goes
-            # (and an expired one with it) when an answer comes.
-            if rank < _ANSWER and now - denial.stored_at < denial.ttl:
+        if self._live(index, name_key, now) is not None:
+            if rank < _ANSWER:
                 return
-            shard.pop(name_key)
+            self._remove(index, name_key)
         key = (name, type, cls)
-        old = shard.peek(key)
-        if old is not None:
-            if now - old.stored_at >= old.ttl:
-                shard.pop(key)
-                old = None
-            elif old.rank > rank:
-                return
+        old = self._live(index, key, now)
+        if old is not None and old.rank > rank:
+            return
         # Kept in wire form, whatever form it came in: decoded on each read.
         for p in payloads:
             if p.__class__ is not bytes:
